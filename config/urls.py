@@ -7,6 +7,8 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("tracker.api.urls")),
+    path("api/v1/", include("jobs.api_urls")),
+    path("api/v1/", include("registry.api_urls")),
     path("", include("tracker.urls")),
     path("", include("jobs.urls")),
     path("", include("registry.urls")),

@@ -10,8 +10,7 @@ import secrets
 import uuid
 
 from django.conf import settings
-from django.db import models, transaction
-from django.db.models import F, Q
+from django.db import models
 from django.utils import timezone
 
 
