@@ -1,0 +1,15 @@
+"""Jobs settings, read from the environment with working defaults."""
+
+from config.env import env_int, env_str
+
+# RQ job_timeout margin on top of max run duration (environment build, uploads).
+DEFAULT_JOB_TIMEOUT = env_int("TORCHLIGHT_JOB_TIMEOUT", 7 * 24 * 3600)
+JOB_TIMEOUT_MARGIN = env_int("TORCHLIGHT_JOB_TIMEOUT_MARGIN", 3600)
+HEARTBEAT_SECONDS = env_int("TORCHLIGHT_HEARTBEAT_SECONDS", 3)
+NODE_LOST_SECONDS = env_int("TORCHLIGHT_NODE_LOST_SECONDS", 30)
+SCALING_TIMEOUT = env_int("TORCHLIGHT_SCALING_TIMEOUT", 600)
+RECONCILE_SECONDS = env_int("TORCHLIGHT_RECONCILE_SECONDS", 10)
+KILL_GRACE_SECONDS = env_int("TORCHLIGHT_KILL_GRACE_SECONDS", 5)
+MAX_OUTPUT_BYTES = env_int("TORCHLIGHT_MAX_OUTPUT_BYTES", 10 * 1024**3)
+PIP_TIMEOUT = env_int("TORCHLIGHT_PIP_TIMEOUT", 1800)
+PIP_INDEX_URL = env_str("TORCHLIGHT_PIP_INDEX_URL", "")
