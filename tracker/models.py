@@ -454,3 +454,62 @@ class ApiToken(models.Model):
         now = timezone.now()
         if not self.last_used_at or (now - self.last_used_at).total_seconds() > 60:
             ApiToken.objects.filter(pk=self.pk).update(last_used_at=now)
+
+
+# Levels of the multi-resolution summary: a bucket at level k covers steps
+# [b * 2**k, (b + 1) * 2**k). Spaced by 2 bits so a chart read never touches
+# more than ~4 rows per bucket it returns.
+BUCKET_LEVELS = (4, 6, 8, 10, 12, 14, 16)
+
+
+class MetricBucket(models.Model):
+    """One bucket of 2**level steps of a series: count, min and max points, first non-finite point.
+
+    Maintained by tracker.metric_store on every ingest (merged per touched
+    bucket, never recomputed from the raw points), so chart reads of a long
+    series read buckets instead of raw points. min_*/max_* cover finite values
+    only (min_step NULL: the bucket holds no finite value); nf_* is the first
+    NaN/±Inf point of the bucket (nf_step NULL: none; nf_value NULL = NaN).
+    """
+
+    series = models.ForeignKey(MetricSeries, on_delete=models.CASCADE, related_name="buckets", db_index=False)
+    level = models.PositiveSmallIntegerField()
+    bucket = models.BigIntegerField()
+    count = models.BigIntegerField(default=0)
+    nonfinite_count = models.BigIntegerField(default=0)
+    min_step = models.BigIntegerField(null=True)
+    min_value = models.FloatField(null=True)
+    min_timestamp = models.FloatField(null=True)
+    min_epoch = models.FloatField(null=True)
+    max_step = models.BigIntegerField(null=True)
+    max_value = models.FloatField(null=True)
+    max_timestamp = models.FloatField(null=True)
+    max_epoch = models.FloatField(null=True)
+    nf_step = models.BigIntegerField(null=True)
+    nf_value = models.FloatField(null=True)
+    nf_timestamp = models.FloatField(null=True)
+    nf_epoch = models.FloatField(null=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["series", "level", "bucket"], name="unique_metric_bucket"),
+        ]
+
+    def __str__(self):
+        return f"{self.series_id} L{self.level} #{self.bucket} ({self.count})"
+
+
+class IngestBatch(models.Model):
+    """An idempotency key of a metrics batch: a repeated key returns this result and stores nothing."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="ingest_batches")
+    key = models.CharField(max_length=200)
+    stored = models.IntegerField(default=0)
+    errors = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "key"], name="unique_ingest_batch_key")]
+
+    def __str__(self):
+        return f"{self.run_id}:{self.key}"
