@@ -356,6 +356,7 @@ class JobNode(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     exit_code = models.IntegerField(null=True, blank=True)
+    process_group = models.IntegerField(null=True, blank=True, help_text="Process group of the running script, for kills from the worker.")
     reason = models.TextField(blank=True)
 
     class Meta:

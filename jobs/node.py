@@ -451,6 +451,7 @@ class NodeExecution:
             )
         except OSError as exc:
             raise NodeFailed(f"could not start {argv[0]}: {exc}") from None
+        JobNode.objects.filter(pk=self.job_node.pk, attempt=self.job_node.attempt).update(process_group=self.proc.pid)
         default_rank = None if job.is_distributed else self.job_node.node_rank * job.procs_per_node
         readers = [
             threading.Thread(target=self._read_stream, args=(self.proc.stdout, LogStream.STDOUT, default_rank), daemon=True),

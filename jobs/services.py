@@ -192,23 +192,44 @@ def submit_job(*, user, experiment, cluster, entry_script, source_kind, example_
     return job
 
 
-def enqueue_job(job_id):
-    """Put every unclaimed node of the job on its cluster's queue. False (run says why) if Redis is down."""
+def _rq_job_alive(rq_job):
+    """Queued, or started by a worker that still heart-beats."""
+    from jobs.models import ClusterNode
+
+    status = rq_job.get_status(refresh=False)
+    if status in ("queued", "scheduled", "deferred"):
+        return True
+    if status == "started":
+        worker_name = getattr(rq_job, "worker_name", None)
+        return not worker_name or ClusterNode.objects.alive().filter(name=worker_name).exists() or not (
+            ClusterNode.objects.filter(name=worker_name).exists()
+        )
+    return False
+
+
+def enqueue_job(job_id, only_missing=False):
+    """Put every unclaimed node of the job on its cluster's queue. False (run says why) if Redis is down.
+
+    Nodes whose RQ job is still queued (or running on a live worker) are left
+    alone; with `only_missing`, returns True only if something was enqueued.
+    """
     from rq.job import Job as RQJob
 
     job = Job.objects.select_related("cluster", "run").get(pk=job_id)
     if job.run.is_terminal or job.cluster is None:
         return False
+    enqueued = 0
     try:
         queue = job.cluster.queue()
         for node in job.nodes.filter(status=JobNodeStatus.PENDING):
             rq_id = node.rq_id_for()
             try:
-                status = RQJob.fetch(rq_id, connection=queue.connection).get_status(refresh=False)
+                rq_job = RQJob.fetch(rq_id, connection=queue.connection)
             except Exception:  # NoSuchJobError and friends: not there
-                status = None
-            if status in ("queued", "started", "scheduled", "deferred"):
+                rq_job = None
+            if rq_job is not None and _rq_job_alive(rq_job):
                 continue
+            status = rq_job.get_status(refresh=False) if rq_job is not None else None
             if status is not None:  # finished/failed/canceled without claiming: next attempt
                 JobNode.objects.filter(pk=node.pk, attempt=node.attempt, status=JobNodeStatus.PENDING).update(attempt=node.attempt + 1)
                 node.refresh_from_db()
@@ -219,12 +240,13 @@ def enqueue_job(job_id):
                 description=f"run {job.run_id} node {node.node_rank}",
             )
             JobNode.objects.filter(pk=node.pk).update(rq_job_id=rq_id, enqueued_at=timezone.now())
+            enqueued += 1
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
         logger.warning("job %s stays queued, Redis is unavailable: %s", job.pk, exc)
         Run.objects.filter(pk=job.run_id, status=RunStatus.QUEUED).update(status_reason=WAITING_FOR_QUEUE)
         return False
     Run.objects.filter(pk=job.run_id, status=RunStatus.QUEUED, status_reason=WAITING_FOR_QUEUE).update(status_reason="")
-    return True
+    return bool(enqueued) if only_missing else True
 
 
 def cancel_job(job, user=None):

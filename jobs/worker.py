@@ -2,6 +2,7 @@
 
 import logging
 import os
+import signal
 import socket
 import threading
 import uuid
@@ -25,6 +26,23 @@ class NodeWorker(Worker):
         # The horse must open its own database connections, never share the parent's.
         connections.close_all()
         return super().fork_work_horse(job, queue)
+
+    def kill_horse(self, sig=None):
+        # The script runs in a session of its own: killing the horse's group would orphan it.
+        self.kill_running_scripts()
+        return super().kill_horse(*([sig] if sig is not None else []))
+
+    def kill_running_scripts(self):
+        from jobs.models import JOB_NODE_ACTIVE, JobNode
+
+        if self.cluster_node is None:
+            return
+        groups = JobNode.objects.filter(worker=self.cluster_node, status__in=JOB_NODE_ACTIVE, process_group__isnull=False)
+        for pgid in groups.values_list("process_group", flat=True):
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def execute_job(self, job, queue):
         try:
