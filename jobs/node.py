@@ -498,8 +498,6 @@ class NodeExecution:
         return ("completed", "")
 
     def _read_stream(self, pipe, stream, default_rank):
-        job = self.job
-        base = self.job_node.node_rank * job.procs_per_node
         for raw in iter(pipe.readline, b""):
             text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
             rank = default_rank
@@ -507,8 +505,6 @@ class NodeExecution:
             if match:
                 rank = int(match.group(1))
                 text = text[match.end():]
-                if job.node_count > 1 and rank < job.procs_per_node and base:
-                    rank = base + rank  # static rendezvous numbers ranks per node only on some versions
             if stream == LogStream.STDERR:
                 self.stderr_tail.append(text if rank is None else f"[rank {rank}] {text}")
             self.log.add(text, stream=stream, rank=rank)
