@@ -73,7 +73,7 @@ def _read_head(artifact):
         return blob.read(PREVIEW_BYTES)
 
 
-def preview(artifact):
+def artifact_preview(artifact):
     """{"kind": image|json|csv|text|download, ...} for the artifact browser; reads at most 64 KB."""
     ext = _extension(artifact)
     if ext in IMAGE_TYPES:
@@ -106,7 +106,7 @@ def preview(artifact):
     return {"kind": "text", "text": text, "truncated": truncated}
 
 
-def tree(artifacts, selected=None):
+def artifact_tree(artifacts, selected=None):
     """Flatten logical paths into rows for a folder tree: {"depth", "name", "is_dir", "artifact", "path"}."""
     rows = []
     seen_dirs = set()
@@ -300,7 +300,7 @@ def run_detail(request, run_id):
             "tags": list(RunTag.objects.filter(run=run).order_by("key")),
             "charts": charts,
             "children": list(Run.objects.filter(parent_run=run).order_by("created_at")[:100]),
-            "artifact_tree": tree(artifacts),
+            "artifact_tree": artifact_tree(artifacts),
             "artifact_count": len(artifacts),
             "tag_form": RunTagForm(),
             "can_edit": _can_edit(_role(request.user, workspace)),
@@ -349,7 +349,7 @@ def run_artifacts(request, run_id):
         selected = next((a for a in artifacts if a.path == wanted), None)
         if selected is None:
             raise Http404
-        preview = preview(selected)
+        preview = artifact_preview(selected)
     return render(
         request,
         "tracker/run_artifacts.html",
@@ -357,7 +357,7 @@ def run_artifacts(request, run_id):
             "workspace": run.experiment.workspace,
             "experiment": run.experiment,
             "run": run,
-            "artifact_tree": tree(artifacts, selected=selected),
+            "artifact_tree": artifact_tree(artifacts, selected=selected),
             "artifact_count": len(artifacts),
             "selected": selected,
             "preview": preview,

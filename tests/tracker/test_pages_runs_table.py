@@ -1,0 +1,148 @@
+import re
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from tracker.models import MetricSeries, Param, Run, RunStatus
+
+
+def populate(experiment, owner, count, metric_keys=("loss", "acc", "val/loss"), param_keys=("lr", "optimizer")):
+    runs = Run.objects.bulk_create(
+        [Run(experiment=experiment, name=f"run-{i:04d}", created_by=owner, status=RunStatus.COMPLETED)
+         for i in range(count)]
+    )
+    MetricSeries.objects.bulk_create(
+        [MetricSeries(run=run, key=key, last_value=(i * 7 % 101) / 100 + k, count=10, min_value=0, max_value=2)
+         for i, run in enumerate(runs) for k, key in enumerate(metric_keys)]
+    )
+    Param.objects.bulk_create(
+        [Param(run=run, key=key, value=f"{key}-{i % 5}") for i, run in enumerate(runs) for key in param_keys]
+    )
+    return runs
+
+
+def row_names(response):
+    return re.findall(r'<td><a href="/runs/[0-9a-f-]+/">([^<]+)</a></td>', response.content.decode())
+
+
+def count_queries(client, url):
+    with CaptureQueriesContext(connection) as ctx:
+        response = client.get(url)
+    assert response.status_code == 200
+    return len(ctx.captured_queries)
+
+
+@pytest.mark.django_db
+def test_it_issues_the_same_number_of_queries_for_10_and_200_runs(login, owner, experiment, workspace):
+    from tracker.models import Experiment
+
+    small = experiment
+    large = Experiment.objects.create(workspace=workspace, name="large")
+    populate(small, owner, 10)
+    populate(large, owner, 200)
+    client = login(owner)
+    query = "?metrics=loss,acc,val/loss&params=lr,optimizer&sort=-metrics.loss"
+    client.get(f"/experiments/{small.pk}/{query}")  # warm the session
+    few = count_queries(client, f"/experiments/{small.pk}/{query}")
+    many = count_queries(client, f"/experiments/{large.pk}/{query}")
+    assert few == many
+    assert many <= 12
+    run_few = count_queries(client, f"/runs/{small.runs.first().id}/")
+    assert run_few <= 20
+
+
+@pytest.mark.django_db
+def test_it_sorts_by_a_metric_column_both_ways(login, owner, experiment):
+    runs = populate(experiment, owner, 5, metric_keys=("loss",), param_keys=())
+    client = login(owner)
+    values = {run.name: run.metric_series.get(key="loss").last_value for run in runs}
+    ascending = row_names(client.get(f"/experiments/{experiment.pk}/?metrics=loss&sort=metrics.loss"))
+    assert ascending == sorted(values, key=values.get)
+    descending = row_names(client.get(f"/experiments/{experiment.pk}/?metrics=loss&sort=-metrics.loss"))
+    assert descending == list(reversed(ascending))
+
+
+@pytest.mark.django_db
+def test_it_puts_runs_without_the_metric_last(login, owner, experiment, make_run):
+    populate(experiment, owner, 3, metric_keys=("loss",), param_keys=())
+    make_run(name="no-metric")
+    client = login(owner)
+    for sort in ("metrics.loss", "-metrics.loss"):
+        names = row_names(client.get(f"/experiments/{experiment.pk}/?metrics=loss&sort={sort}"))
+        assert names[-1] == "no-metric"
+
+
+@pytest.mark.django_db
+def test_it_sorts_by_name_status_user_and_param(login, owner, experiment, make_run):
+    make_run(name="b", status=RunStatus.FAILED)
+    make_run(name="a", status=RunStatus.RUNNING)
+    make_run(name="c", status=RunStatus.COMPLETED)
+    client = login(owner)
+    assert row_names(client.get(f"/experiments/{experiment.pk}/?sort=name")) == ["a", "b", "c"]
+    assert row_names(client.get(f"/experiments/{experiment.pk}/?sort=-name")) == ["c", "b", "a"]
+    assert row_names(client.get(f"/experiments/{experiment.pk}/?sort=status")) == ["c", "b", "a"]
+    # An unknown sort falls back to newest first instead of failing.
+    assert client.get(f"/experiments/{experiment.pk}/?sort=bogus;drop").status_code == 200
+
+
+@pytest.mark.django_db
+def test_it_lists_the_experiment_keys_in_the_column_chooser(login, owner, experiment):
+    populate(experiment, owner, 2, metric_keys=("loss", "acc"), param_keys=("lr",))
+    body = login(owner).get(f"/experiments/{experiment.pk}/").content.decode()
+    assert 'data-column-kind="metric"' in body
+    for key in ("loss", "acc"):
+        assert f'value="{key}" data-column-kind="metric"' in body
+    assert 'value="lr" data-column-kind="param"' in body
+
+
+@pytest.mark.django_db
+def test_it_shows_chosen_param_and_metric_columns(login, owner, experiment):
+    populate(experiment, owner, 1, metric_keys=("loss", "acc"), param_keys=("lr", "optimizer"))
+    body = login(owner).get(f"/experiments/{experiment.pk}/?params=optimizer&metrics=acc").content.decode()
+    assert "optimizer-0" in body and "lr-0" not in body
+    assert ">1.0000<" not in body  # acc of run 0 is 1.0 -> rendered as "1"
+    assert '<td class="num">1</td>' in body
+
+
+@pytest.mark.django_db
+def test_it_filters_by_status_name_and_filter_box(login, owner, experiment, make_run):
+    runs = populate(experiment, owner, 6, metric_keys=("loss",), param_keys=("optimizer",))
+    Run.objects.filter(pk=runs[0].pk).update(status=RunStatus.FAILED)
+    client = login(owner)
+    assert row_names(client.get(f"/experiments/{experiment.pk}/?status=failed")) == ["run-0000"]
+    assert row_names(client.get(f"/experiments/{experiment.pk}/?q=0003")) == ["run-0003"]
+    names = row_names(client.get(f"/experiments/{experiment.pk}/?filter=params.optimizer+%3D+%27optimizer-2%27"))
+    assert names == ["run-0002"]
+
+
+@pytest.mark.django_db
+def test_it_shows_a_bad_filter_message_instead_of_failing(login, owner, experiment, make_run):
+    make_run(name="kept")
+    response = login(owner).get(f"/experiments/{experiment.pk}/?filter=metrics.loss+%3C+%27abc%27")
+    assert response.status_code == 400
+    body = response.content.decode()
+    assert "Filter not applied" in body and "compared with a number" in body
+    assert "kept" in body  # the table still shows the unfiltered runs
+
+
+@pytest.mark.django_db
+def test_it_paginates_50_runs_a_page(login, owner, experiment):
+    populate(experiment, owner, 120, metric_keys=(), param_keys=())
+    client = login(owner)
+    first = row_names(client.get(f"/experiments/{experiment.pk}/?sort=name"))
+    assert len(first) == 50 and first[0] == "run-0000"
+    third = client.get(f"/experiments/{experiment.pk}/?sort=name&page=3")
+    assert row_names(third) == [f"run-{i:04d}" for i in range(100, 120)]
+    assert "Page 3 of 3" in third.content.decode()
+    # Out of range or junk page numbers land on a real page.
+    assert client.get(f"/experiments/{experiment.pk}/?page=999").status_code == 200
+    assert client.get(f"/experiments/{experiment.pk}/?page=abc").status_code == 200
+
+
+@pytest.mark.django_db
+def test_it_renders_compare_checkboxes_posting_to_the_compare_page(login, owner, experiment, make_run):
+    run = make_run(name="x")
+    body = login(owner).get(f"/experiments/{experiment.pk}/").content.decode()
+    assert 'action="/compare/"' in body and 'method="get"' in body
+    assert f'name="run" value="{run.id}"' in body
