@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test venv venv-test chromium lint screenshots bench clean
+.PHONY: run test test-sqlite test-postgres venv venv-test chromium lint screenshots bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,11 +32,28 @@ lint: venv-test
 	$(BIN)/ruff check .
 	$(BIN)/python manage.py makemigrations --check --dry-run
 
-test: venv-test chromium lint
+# The whole suite on the embedded SQLite, then the tracking, jobs and registry
+# tests again on a real PostgreSQL server (.ci/postgres.sh: Debian's packages,
+# an unprivileged user, a unix socket in a temp dir).
+test: venv-test chromium lint test-sqlite test-postgres
+
+test-sqlite: venv-test chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+PG_TESTS ?= tests/tracker tests/jobs tests/registry
+PG_MARKERS ?= not browser
+test-postgres: venv-test
+	@url=$$(.ci/postgres.sh start) || exit 1; \
+	echo "PostgreSQL pass: DATABASE_URL=$$url"; \
+	rc=0; \
+	DATABASE_URL="$$url" TORCHLIGHT_DATA_DIR="$(CURDIR)/var/test-postgres" \
+		$(BIN)/python -m pytest $(PG_TESTS) tests/config -m "$(PG_MARKERS)" -p no:cacheprovider $(PYTEST_ARGS) || rc=$$?; \
+	.ci/postgres.sh stop; \
+	exit $$rc
 
 screenshots: venv-test chromium
 	$(BIN)/python -m pytest tests/browser/test_screenshots.py -p no:randomly $(PYTEST_ARGS)
 
 clean:
-	rm -rf var/test
+	rm -rf var/test var/test-postgres
+	.ci/postgres.sh stop
