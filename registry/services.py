@@ -487,7 +487,7 @@ def _enqueue_on_commit(task, func_path, obj_id, timeout):
     def _enqueue():
         try:
             queue = Queue(task.cluster.queue_name, connection=get_connection())
-            queue.enqueue(func_path, obj_id, job_timeout=timeout + 120, job_id=f"{func_path}.{obj_id}", result_ttl=3600)
+            queue.enqueue(func_path, obj_id, job_timeout=timeout + 120, job_id=f"{func_path.replace('.', '_')}-{obj_id}", result_ttl=3600)
         except Exception as exc:  # Redis down: stay queued and say so, never run inline
             logger.warning("could not enqueue %s %s: %s", func_path, obj_id, exc)
             type(task).objects.filter(pk=task.pk, status=TaskStatus.QUEUED).update(
