@@ -12,6 +12,7 @@ urlpatterns = [
     path("api/v1/", include("tracker.api.urls")),
     path("api/v1/", include("jobs.api_urls")),
     path("api/v1/", include("registry.api_urls")),
+    path("", include("tracker.mlflow_compat.urls")),
     path("", include("tracker.urls")),
     path("", include("jobs.urls")),
     path("", include("registry.urls")),
