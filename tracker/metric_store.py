@@ -63,44 +63,66 @@ def _number(raw):
     return value if math.isfinite(value) else None
 
 
-def validate_point(index, point, now):
-    """(key, step|None, value, timestamp, epoch) or an error dict."""
-    if not isinstance(point, dict):
-        return _error(index, "invalid_point", "a point must be an object with key and value")
-    key = point.get("key")
+def _key_problem(index, key):
     if not isinstance(key, str) or not key.strip():
         return _error(index, "missing_key", "the point has no metric key")
     if len(key) > MAX_KEY_LENGTH:
         return _error(index, "key_too_long", f"metric keys are at most {MAX_KEY_LENGTH} characters (got {len(key)})")
     if any(ord(c) < 32 for c in key):
         return _error(index, "invalid_key", "metric keys may not contain control characters")
-    if "value" not in point:
+    return None
+
+
+def validate_point(index, point, now, good_keys=None):
+    """(key, step|None, value, timestamp, epoch) or an error dict.
+
+    `good_keys` caches keys already checked in this batch (keys repeat a lot).
+    """
+    if type(point) is not dict:
+        if not isinstance(point, dict):
+            return _error(index, "invalid_point", "a point must be an object with key and value")
+    key = point.get("key")
+    if good_keys is None or key not in good_keys:
+        problem = _key_problem(index, key)
+        if problem:
+            return problem
+        if good_keys is not None:
+            good_keys.add(key)
+    value = point.get("value", _MISSING)
+    if type(value) is float:
+        pass
+    elif value is _MISSING:
         return _error(index, "invalid_value", f"metric {key!r} has no value")
-    try:
-        value = ds.parse_value(point["value"])
-    except ValueError as exc:
-        return _error(index, "invalid_value", f"metric {key!r}: {exc}")
+    else:
+        try:
+            value = ds.parse_value(value)
+        except ValueError as exc:
+            return _error(index, "invalid_value", f"metric {key!r}: {exc}")
     step = point.get("step")
     if step is not None:
-        if isinstance(step, float) and step.is_integer():
-            step = int(step)
-        if isinstance(step, bool) or not isinstance(step, int):
-            return _error(index, "invalid_step", f"step must be an integer, got {step!r}")
+        if type(step) is not int:
+            if isinstance(step, float) and step.is_integer():
+                step = int(step)
+            if isinstance(step, bool) or not isinstance(step, int):
+                return _error(index, "invalid_step", f"step must be an integer, got {step!r}")
         if step < 0 or step > MAX_STEP:
             return _error(index, "invalid_step", f"step must be between 0 and 2^63-1, got {step}")
     ts = point.get("timestamp")
     if ts is None:
         ts = now
-    else:
+    elif type(ts) is not float or not (0 <= ts < math.inf):
         ts = _number(ts)
         if ts is None or ts < 0:
             return _error(index, "invalid_timestamp", "timestamp must be a finite number of unix seconds")
     epoch = point.get("epoch")
-    if epoch is not None:
+    if epoch is not None and (type(epoch) is not float or not (-math.inf < epoch < math.inf)):
         epoch = _number(epoch)
         if epoch is None:
             return _error(index, "invalid_epoch", "epoch must be a finite number")
     return key, step, value, ts, epoch
+
+
+_MISSING = object()
 
 
 def _placeholder():
@@ -122,8 +144,9 @@ def ingest(run, points, idempotency_key=None):
     now = time.time()
     errors = []
     good = []
+    good_keys = set()
     for index, point in enumerate(points):
-        parsed = validate_point(index, point, now)
+        parsed = validate_point(index, point, now, good_keys)
         if isinstance(parsed, dict):
             errors.append(parsed)
         else:
@@ -177,12 +200,18 @@ def _store(run, good):
         rows.extend((sid, s, (v if v == v else None), t, e) for s, v, t, e in resolved)
         per_series.append((series, resolved))
 
-    with connection.cursor() as cursor:
-        p = _placeholder()
-        cursor.executemany(
-            f"INSERT INTO tracker_metricpoint (series_id, step, value, timestamp, epoch) VALUES ({p}, {p}, {p}, {p}, {p})",
+    # The raw DB-API cursor: Django's wrapper adds nothing here but per-call overhead.
+    connection.ensure_connection()
+    raw = connection.connection.cursor()
+    try:
+        q = "?" if connection.vendor == "sqlite" else "%s"
+        raw.executemany(
+            f"INSERT INTO tracker_metricpoint (series_id, step, value, timestamp, epoch) VALUES ({q}, {q}, {q}, {q}, {q})",
             rows,
         )
+    finally:
+        raw.close()
+    with connection.cursor() as cursor:
         for series, resolved in per_series:
             _update_series(series, resolved)
             _update_buckets(cursor, series.pk, resolved)
@@ -259,11 +288,20 @@ def get_series(run, key):
     return MetricSeries.objects.filter(run=run, key=key).first()
 
 
-def iter_points(series_id, start_step=None, end_step=None, limit=None, chunk=HISTORY_CHUNK):
-    """Raw points of a series in step order, read in keyset chunks: (step, value, timestamp, epoch)."""
+def iter_points(series_id, start_step=None, end_step=None, limit=None, chunk=HISTORY_CHUNK, after=None, with_id=False):
+    """Raw points of a series in step order, read in keyset chunks: (step, value, timestamp, epoch).
+
+    `after` = (step, id) resumes after that row (API page tokens); with_id
+    puts the row id first in each tuple. Memory stays at one chunk.
+    """
     p = _placeholder()
-    last_step = -1 if start_step is None else start_step - 1
-    last_id = None
+    if after is not None:
+        last_step, last_id = after
+        if start_step is not None and last_step < start_step:
+            last_step, last_id = start_step - 1, None
+    else:
+        last_step = -1 if start_step is None else start_step - 1
+        last_id = None
     end = MAX_STEP if end_step is None else end_step
     remaining = limit
     while remaining is None or remaining > 0:
@@ -285,8 +323,12 @@ def iter_points(series_id, start_step=None, end_step=None, limit=None, chunk=HIS
             rows = cursor.fetchall()
         if not rows:
             return
-        for _id, step, value, ts, epoch in rows:
-            yield step, (math.nan if value is None else value), ts, epoch
+        if with_id:
+            for pk, step, value, ts, epoch in rows:
+                yield pk, step, (math.nan if value is None else value), ts, epoch
+        else:
+            for _pk, step, value, ts, epoch in rows:
+                yield step, (math.nan if value is None else value), ts, epoch
         last_id, last_step = rows[-1][0], rows[-1][1]
         if remaining is not None:
             remaining -= len(rows)
@@ -410,6 +452,11 @@ def chart_points(series, lo, hi, max_points):
         if (span >> k) >= groups:
             level = k
             break
+    finest = min(BUCKET_LEVELS)
+    if level is None and (span >> finest) >= groups // 4:
+        # A zoomed range: the finest buckets still give ≥ N/4 points, each bucket's min and max.
+        level = finest
+        groups = (span >> finest) + 1
     if level is None:
         points = list(iter_points(series.pk, lo, hi))
         finite, nonfinite = ds.downsample_points(points, max_points, lo, hi)
