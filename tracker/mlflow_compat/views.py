@@ -496,11 +496,41 @@ def _points(items):
             raise invalid(f"metric {key!r}: step must be 0 or more, got {step}")
         if ts is not None and ts < 0:
             raise invalid(f"metric {key!r}: timestamp must be unix milliseconds, got {raw_ts}")
-        points.append({"key": key, "value": value, "step": step, "timestamp": ts})
+        point = {"key": key, "value": value, "step": step, "timestamp": ts}
+        if item.get("model_id"):
+            point["model_id"] = item["model_id"]
+        points.append(point)
     return points
 
 
+def _same(a, b):
+    return a == b or (a != a and b != b)
+
+
+def _without_model_copies(run, points):
+    """Drop points that only link an existing point to a logged model (MLflow 3's log_model re-logs them).
+
+    MLflow keys a metric by (key, step, timestamp, value): the copy with a
+    model_id is the same point and must not become a second one.
+    """
+    kept = []
+    for point in points:
+        model_id = point.pop("model_id", None)
+        if model_id:
+            value = float(point["value"]) if isinstance(point["value"], str) else point["value"]
+            existing = metric_store.read_history(run, point["key"], start_step=point["step"], end_step=point["step"])
+            if point["timestamp"] is not None and any(
+                abs(ts - point["timestamp"]) < 1e-3 and _same(v, value) for _s, v, ts, _e in existing
+            ):
+                continue
+        kept.append(point)
+    return kept
+
+
 def _ingest(run, points):
+    points = _without_model_copies(run, points)
+    if not points:
+        return None
     try:
         result = metric_store.ingest(run, points)
     except (metric_store.BatchTooLarge, ValueError) as exc:
