@@ -13,6 +13,7 @@ Errors a user can fix raise RegistrationError(code, message, details).
 
 import importlib.metadata
 import logging
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -119,7 +120,10 @@ def parse_input_shape(value):
     if value in (None, "", []):
         return None
     if isinstance(value, str):
-        parts = [p.strip() for p in value.replace("x", ",").strip("()[] ").split(",") if p.strip()]
+        text = value.strip().strip("()[] ")
+        if re.fullmatch(r"\d+(\s*[x×]\s*\d+)+", text):  # 1x3x224x224
+            text = re.sub(r"[x×]", ",", text)
+        parts = [p.strip() for p in text.split(",")]
     elif isinstance(value, (list, tuple)):
         parts = list(value)
     else:
