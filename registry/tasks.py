@@ -11,13 +11,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 
 from registry import conf
 from registry.models import Flavour, Framework, InferenceRequest, OnnxExport
 from registry.workdir import SubprocessFailed, place_blob, place_run_source, place_version_files, run_loader
 
 logger = logging.getLogger("torchlight.registry")
+
+
+def _fresh_connection():
+    # A worker may hold a connection that went stale between jobs (never inside a test's transaction).
+    if not connection.in_atomic_block:
+        close_old_connections()
 
 
 def _source_dir(version, tmp):
@@ -33,7 +39,7 @@ def export_onnx(export_id):
     """Export a version to ONNX in a subprocess; the result is a new ModelVersion with the parity report."""
     from registry.services import FileSource, RegistrationError, register_version
 
-    close_old_connections()
+    _fresh_connection()
     export = OnnxExport.objects.select_related("source_version__model__workspace", "source_version__run").filter(pk=export_id).first()
     if export is None or not export.claim():
         return None
@@ -108,7 +114,7 @@ def run_inference(request_id):
     """Run a "try it" request in a subprocess and store its output on the row."""
     from tracker import storage
 
-    close_old_connections()
+    _fresh_connection()
     request = InferenceRequest.objects.select_related("version__model", "version__run").filter(pk=request_id).first()
     if request is None or not request.claim():
         return None
