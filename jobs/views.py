@@ -166,8 +166,14 @@ def cluster_list(request, slug):
     depths = _queue_depths(clusters)
     for cluster in clusters:
         cluster.depth = depths.get(cluster.pk)
-    can_edit = require_role(request.user, workspace).allows(Role.CONTRIBUTOR)
-    return render(request, "jobs/cluster_list.html", {"workspace": workspace, "clusters": clusters, "can_edit": can_edit})
+    membership = require_role(request.user, workspace)
+    context = {
+        "workspace": workspace,
+        "clusters": clusters,
+        "can_launch": membership.allows(Role.CONTRIBUTOR),
+        "can_manage": membership.allows(Role.OWNER),
+    }
+    return render(request, "jobs/cluster_list.html", context)
 
 
 @login_required

@@ -83,6 +83,14 @@ def test_it_hides_clusters_from_outsiders(login, outsider, workspace, cluster):
     assert client.get(f"/w/other/clusters/{cluster.pk}/").status_code == 404  # not in that workspace
 
 
+def test_it_offers_new_cluster_to_owners_and_run_a_job_to_contributors(login, owner, contributor, workspace, cluster,
+                                                                       redis_conn):
+    owner_page = login(owner).get(f"/w/{workspace.slug}/clusters/").content.decode()
+    assert "New cluster" in owner_page and "Run a job" in owner_page
+    contributor_page = login(contributor).get(f"/w/{workspace.slug}/clusters/").content.decode()
+    assert "New cluster" not in contributor_page and "Run a job" in contributor_page
+
+
 def test_it_lets_owners_create_a_cluster(login, owner, workspace):
     response = login(owner).post(f"/w/{workspace.slug}/clusters/new", cluster_data())
     created = ComputeCluster.objects.get(name="gpu-a100")

@@ -299,3 +299,23 @@ def test_it_refuses_a_checkpoint_from_another_workspace(login, contributor, work
     assert response.status_code == 400
     assert "Select a valid choice" in response.content.decode()
     assert Job.objects.count() == 0
+
+
+def test_it_keeps_the_run_queued_waiting_for_the_queue_when_redis_is_down(login, contributor, workspace, experiment, cluster,
+                                                                          tmp_path, monkeypatch,
+                                                                          django_capture_on_commit_callbacks):
+    from django.conf import settings
+
+    monkeypatch.setattr(settings, "REDIS_URL", f"unix://{tmp_path}/down.sock?db=0")
+    client = login(contributor)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(url(workspace), form_data(experiment, cluster))
+    assert response.status_code == 302
+    run = Run.objects.get()
+    assert run.status == RunStatus.QUEUED and run.status_reason == "waiting for the queue"
+    assert "waiting for the queue" in client.get(response["Location"]).content.decode()
+
+
+def test_it_preselects_the_experiment_from_the_link(login, contributor, workspace, experiment, cluster):
+    body = login(contributor).get(url(workspace) + f"?experiment={experiment.pk}").content.decode()
+    assert f'<option value="{experiment.pk}" selected>' in body
