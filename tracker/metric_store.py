@@ -79,7 +79,10 @@ def validate_point(index, point, now, good_keys=None):
     `good_keys` caches keys already checked in this batch (keys repeat a lot).
     """
     if type(point) is not dict:
-        if not isinstance(point, dict):
+        if type(point) is list and 2 <= len(point) <= 5:
+            # The compact form the client sends: [key, value, step, timestamp, epoch].
+            point = dict(zip(_LIST_FIELDS, point, strict=False))
+        elif not isinstance(point, dict):
             return _error(index, "invalid_point", "a point must be an object with key and value")
     key = point.get("key")
     if good_keys is None or key not in good_keys:
@@ -123,6 +126,7 @@ def validate_point(index, point, now, good_keys=None):
 
 
 _MISSING = object()
+_LIST_FIELDS = ("key", "value", "step", "timestamp", "epoch")
 
 
 def _placeholder():
@@ -134,8 +138,9 @@ def ingest(run, points, idempotency_key=None):
 
     Each point: {"key", "value" (number or "NaN"/"Infinity"/"-Infinity"),
     "step" (int ≥ 0, or None: one past the key's highest step), "timestamp"
-    (unix seconds, None: now), "epoch" (number or None)}. Bad points are
-    reported as {"index", "code", "message"}; the good ones are stored.
+    (unix seconds, None: now), "epoch" (number or None)}, or the compact list
+    [key, value, step, timestamp, epoch]. Bad points are reported as
+    {"index", "code", "message"}; the good ones are stored.
     """
     if not isinstance(points, (list, tuple)):
         raise ValueError("points must be a list")

@@ -55,9 +55,13 @@ def _as_text(value):
 
 @transaction.atomic
 def create_run(
-    *, experiment, user, name="", params=None, tags=None, status=RunStatus.RUNNING, parent_run=None, source_note=""
+    *, experiment, user, name="", params=None, tags=None, status=RunStatus.RUNNING, parent_run=None, source_note="",
+    run_id=None,
 ):
-    """Create a run in `experiment` with its params and tags; InvalidInput (nothing created) on bad input."""
+    """Create a run in `experiment` with its params and tags; InvalidInput (nothing created) on bad input.
+
+    run_id: a client-chosen UUID (offline clients create runs with their own id).
+    """
     name = (name or "").strip()
     if len(name) > MAX_RUN_NAME:
         raise InvalidInput(f"run names are at most {MAX_RUN_NAME} characters", code="name_too_long")
@@ -69,6 +73,8 @@ def create_run(
         fields = {"start_time": now, "running_at": now}
     elif status == RunStatus.QUEUED:
         fields = {"queued_at": now}
+    if run_id is not None:
+        fields["id"] = run_id
     run = Run.objects.create(
         experiment=experiment,
         name=name,

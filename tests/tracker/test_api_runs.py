@@ -227,3 +227,21 @@ def test_it_serves_a_valid_openapi_schema_and_docs_page(client):
     assert page.status_code == 200 and b"/api/v1/runs/{run_id}/metrics" in page.content
     assert not math.isnan(0.0)
     assert Run.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_it_creates_a_run_with_a_client_id_once(api, owner, outsider, experiment):
+    rid = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
+    first = api(owner)("POST", "/api/v1/runs", {"id": rid, "experiment_id": experiment.pk, "name": "offline"})
+    again = api(owner)("POST", "/api/v1/runs", {"id": rid, "experiment_id": experiment.pk, "name": "offline"})
+    assert first.status_code == 201 and again.status_code == 200 and again.json()["id"] == rid
+    assert Run.objects.filter(pk=rid).count() == 1
+    assert_error(api(outsider)("POST", "/api/v1/runs", {"id": rid, "experiment": "x"}), 409, "id_taken")
+    assert_error(api(owner)("POST", "/api/v1/runs", {"id": "nope", "experiment": "x"}), 400)
+
+
+@pytest.mark.django_db
+def test_it_accepts_compact_list_points(api, owner, run):
+    body = api(owner)("POST", f"/api/v1/runs/{run.id}/metrics", {"points": [["a", 1.5, 3, 100.0, None], ["a", "NaN", 4]]})
+    assert body.json()["stored"] == 2
+    assert list(MetricPoint.objects.order_by("step").values_list("step", "value")) == [(3, 1.5), (4, None)]

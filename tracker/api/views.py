@@ -7,6 +7,7 @@ another workspace's run is 404, a member with too low a role gets 403.
 
 import base64
 import math
+import uuid
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -235,6 +236,18 @@ def runs(request):
     if not isinstance(name, str):
         raise ApiError(400, "invalid_body", "name must be a string")
     parent = None
+    run_id = _client_run_id(body)
+    if run_id is not None:
+        existing = Run.objects.select_related("experiment__workspace", "created_by").filter(pk=run_id).first()
+        if existing is not None:
+            # A client retrying (or replaying its spool) a creation it made before: same answer, nothing new.
+            try:
+                _check_role(request, existing.experiment.workspace, Role.CONTRIBUTOR)
+            except ApiError:
+                raise ApiError(409, "id_taken", "a run with this id exists")
+            if existing.created_by_id != request.api_user.pk:
+                raise ApiError(409, "id_taken", "a run with this id exists")
+            return json_response(run_json(existing), status=200)
     with transaction.atomic():
         experiment = _experiment_for_new_run(request, body)
         if body.get("parent_run_id"):
@@ -251,11 +264,22 @@ def runs(request):
                 status=status,
                 parent_run=parent,
                 source_note=str(body.get("source_note") or ""),
+                run_id=run_id,
             )
         except services.InvalidInput as exc:
             raise ApiError(400, exc.code, str(exc), details=exc.errors or None)
     run = Run.objects.select_related("experiment__workspace", "created_by").get(pk=run.pk)
     return json_response(run_json(run, detail=True), status=201)
+
+
+def _client_run_id(body):
+    raw = body.get("id")
+    if raw is None:
+        return None
+    try:
+        return uuid.UUID(str(raw))
+    except ValueError:
+        raise ApiError(400, "invalid_body", "id must be a UUID")
 
 
 def _search_runs(request):

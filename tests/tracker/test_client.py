@@ -1,0 +1,248 @@
+"""tracker.client against a real live server over real HTTP (no mocks of the client's HTTP)."""
+
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import tracker.client as tl
+from tracker.client.transport import Transport, retry_after_seconds
+from tracker.models import ApiToken, Artifact, IngestBatch, MetricPoint, Param, Run, RunStatus, RunTag
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def token(owner, workspace):
+    return ApiToken.mint(owner, "client tests")[1]
+
+
+@pytest.fixture(autouse=True)
+def _forget_active_run(monkeypatch, tmp_path):
+    monkeypatch.delenv("TORCHLIGHT_RUN_ID", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("TORCHLIGHT_SPOOL_DIR", str(tmp_path / "default-spool"))
+    yield
+    if tl._current is not None:
+        tl._current.close(timeout=5)
+    tl._current = None
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def history(run_id, key):
+    return list(MetricPoint.objects.filter(series__run_id=run_id, series__key=key).order_by("step", "id")
+                .values_list("step", "value"))
+
+
+def test_it_logs_a_whole_run_through_the_api(live_server, token, tmp_path):
+    artifact = tmp_path / "weights.bin"
+    artifact.write_bytes(b"\x00" * 100)
+    (tmp_path / "out" / "sub").mkdir(parents=True)
+    (tmp_path / "out" / "a.txt").write_text("a")
+    (tmp_path / "out" / "sub" / "b.txt").write_text("b")
+    with tl.start_run(experiment="client-exp", name="r1", params={"lr": 0.1}, url=live_server.url, token=token,
+                      spool_dir=tmp_path / "spool", flush_interval=0.05) as run:
+        for step in range(2500):
+            tl.log_metric("train/loss", 1.0 / (step + 1), step=step, epoch=step // 100)
+        tl.log_metrics({"acc": 0.5, "nan": float("nan"), "inf": float("inf")}, step=7)
+        tl.log_metric("auto", 1.0)
+        tl.log_metric("auto", 2.0)
+        tl.log_param("bs", 32)
+        tl.set_tag("team", "vision")
+        tl.set_progress(5, 10)
+        assert tl.log_artifact(artifact) is True
+        assert tl.log_artifacts(tmp_path / "out", artifact_path="outputs") == 2
+    saved = Run.objects.get(pk=run.id)
+    assert saved.status == RunStatus.COMPLETED and saved.name == "r1" and saved.experiment.name == "client-exp"
+    steps = history(run.id, "train/loss")
+    assert [s for s, _ in steps] == list(range(2500)) and steps[9][1] == pytest.approx(0.1)
+    assert history(run.id, "auto") == [(0, 1.0), (1, 2.0)]
+    assert history(run.id, "nan") == [(7, None)] and history(run.id, "inf") == [(7, float("inf"))]
+    assert dict(Param.objects.filter(run_id=run.id).values_list("key", "value")) == {"lr": "0.1", "bs": "32"}
+    assert RunTag.objects.get(run_id=run.id, key="team").value == "vision"
+    assert saved.progress_current == 5
+    assert sorted(Artifact.objects.filter(run_id=run.id).values_list("path", flat=True)) == [
+        "outputs/a.txt", "outputs/sub/b.txt", "weights.bin",
+    ]  # fmt: skip
+    assert not list((tmp_path / "spool").glob("*.jsonl"))
+
+
+def test_it_keeps_training_when_the_server_is_down_and_syncs_later(live_server, token, tmp_path):
+    spool = tmp_path / "spool"
+    down = f"http://127.0.0.1:{free_port()}"
+    run = tl.start_run(experiment="offline", name="away", params={"lr": 1}, url=down, token=token, spool_dir=spool,
+                       batch_size=500, max_buffer=2000, flush_interval=0.05)
+    peak = 0
+    for step in range(6000):
+        run.log_metric("loss", float(step), step=step)
+        peak = max(peak, len(run._sender.points))
+    run.set_tag("where", "offline")
+    run.finish("completed", timeout=5)
+    assert peak <= 2000  # the in-memory buffer stays bounded
+    assert not Run.objects.filter(pk=run.id).exists()
+    assert list(spool.glob("*.jsonl"))
+    # Replay with the real command line.
+    result = subprocess.run(
+        [sys.executable, "-m", "tracker.client", "sync", str(spool), "--url", live_server.url, "--token", token],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    saved = Run.objects.get(pk=run.id)
+    assert saved.status == RunStatus.COMPLETED and saved.name == "away"
+    assert [s for s, _ in history(run.id, "loss")] == list(range(6000))
+    assert RunTag.objects.get(run_id=run.id, key="where").value == "offline"
+    assert not list(spool.glob("*.jsonl"))
+    # A second sync finds nothing and stores nothing twice.
+    again = subprocess.run([sys.executable, "-m", "tracker.client", "sync", str(spool), "--url", live_server.url,
+                            "--token", token], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert again.returncode == 0 and MetricPoint.objects.filter(series__run_id=run.id).count() == 6000
+
+
+class FlakyProxy(http.server.BaseHTTPRequestHandler):
+    """Forwards to the live server, but answers 503 to the first `fail` metric posts after forwarding them."""
+
+    upstream = None
+    fail = 2
+    retry_after = None
+    seen = []
+
+    def log_message(self, *args):
+        pass
+
+    def _forward(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        req = urllib.request.Request(self.upstream + self.path, data=body, method=self.command,
+                                     headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                status, data, ctype = resp.status, resp.read(), resp.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as exc:
+            status, data, ctype = exc.code, exc.read(), exc.headers.get("Content-Type", "")
+        is_metrics = self.path.endswith("/metrics") and self.command == "POST"
+        if is_metrics:
+            type(self).seen.append((time.monotonic(), json.loads(body)["idempotency_key"]))
+            if type(self).fail > 0:
+                type(self).fail -= 1
+                status, data, ctype = 503, b'{"error": {"code": "unavailable", "message": "try later"}}', "application/json"
+        self.send_response(status)
+        if is_metrics and status == 503 and self.retry_after is not None:
+            self.send_header("Retry-After", str(self.retry_after))
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PATCH = do_PUT = _forward
+
+
+@pytest.fixture
+def flaky(live_server):
+    FlakyProxy.upstream = live_server.url
+    FlakyProxy.fail = 2
+    FlakyProxy.retry_after = None
+    FlakyProxy.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FlakyProxy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_it_stores_a_batch_retried_after_two_503s_once(flaky, token, tmp_path):
+    run = tl.start_run(experiment="flaky", url=flaky, token=token, spool_dir=tmp_path / "s", flush_interval=0.05)
+    run.transport.backoff = 0.01
+    for step in range(100):
+        run.log_metric("loss", float(step), step=step)
+    assert run.flush(timeout=30)
+    keys = [k for _t, k in FlakyProxy.seen]
+    assert len(keys) == 3 and len(set(keys)) == 1  # the same batch, three times
+    assert [s for s, _ in history(run.id, "loss")] == list(range(100))  # stored once
+    assert IngestBatch.objects.filter(run_id=run.id).count() == 1
+    run.finish()
+
+
+def test_it_honours_retry_after(flaky, token, tmp_path):
+    FlakyProxy.fail = 1
+    FlakyProxy.retry_after = 1
+    run = tl.start_run(experiment="flaky", url=flaky, token=token, spool_dir=tmp_path / "s", flush_interval=0.05)
+    run.transport.backoff = 0.01
+    run.log_metric("loss", 1.0)
+    assert run.flush(timeout=30)
+    (t1, _), (t2, _) = FlakyProxy.seen
+    assert t2 - t1 >= 0.9
+    assert retry_after_seconds("3") == 3.0 and retry_after_seconds("junk") is None
+    run.finish()
+
+
+def test_it_logs_nothing_on_other_ranks_unless_asked(live_server, token, tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    run = tl.start_run(experiment="ranks", url=live_server.url, token=token, spool_dir=tmp_path / "s")
+    tl.log_metric("loss", 1.0)
+    run.finish()
+    assert not Run.objects.exists()
+    tl._current = None
+    run = tl.start_run(experiment="ranks", url=live_server.url, token=token, spool_dir=tmp_path / "s",
+                       log_all_ranks=True, flush_interval=0.05)
+    tl.log_metric("loss", 1.0)
+    run.finish()
+    assert history(run.id, "loss") == [(0, 1.0)]
+
+
+def test_it_attaches_to_the_job_run_from_the_environment(live_server, owner, run, tmp_path, monkeypatch):
+    _t, raw = ApiToken.mint(owner, "job", run=run)
+    monkeypatch.setenv("TORCHLIGHT_URL", live_server.url)
+    monkeypatch.setenv("TORCHLIGHT_RUN_ID", str(run.id))
+    monkeypatch.setenv("TORCHLIGHT_TOKEN", raw)
+    with tl.active_run(spool_dir=tmp_path / "s", flush_interval=0.05) as job_run:
+        assert job_run.id == str(run.id) and job_run.in_job
+        tl.log_metrics({"loss": 0.5, "acc": 0.9}, step=3)
+    run.refresh_from_db()
+    assert run.status == RunStatus.RUNNING  # the job, not the script, sets the final status
+    assert history(run.id, "acc") == [(3, 0.9)]
+
+
+def test_it_flushes_on_sigterm_and_chains_the_previous_handler(live_server, token, tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys, time
+        signal.signal(signal.SIGTERM, lambda s, f: (open({str(tmp_path / 'chained')!r}, 'w').close(), sys.exit(3)))
+        import tracker.client as tl
+        run = tl.start_run(experiment="sig", url={live_server.url!r}, token={token!r}, spool_dir={str(tmp_path / 's')!r},
+                           flush_interval=60)
+        print(run.id, flush=True)
+        for i in range(3000):
+            tl.log_metric("loss", float(i))
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 3, proc.stderr
+    assert (tmp_path / "chained").exists()
+    run_id = proc.stdout.split()[0]
+    assert [s for s, _ in history(run_id, "loss")] == list(range(3000))
+
+
+def test_it_refuses_a_bad_url_and_bad_status_clearly(token):
+    with pytest.raises(ValueError):
+        Transport("ftp://nowhere")
+    run = tl.Run("00000000-0000-0000-0000-000000000000", Transport("http://127.0.0.1:9"), enabled=False)
+    with pytest.raises(ValueError):
+        run.finish("done")
+    assert os.environ.get("RANK") is None

@@ -1,0 +1,380 @@
+"""The background sender and the on-disk spool.
+
+The training loop only appends to an in-memory deque (`Sender.log_point`);
+a daemon thread drains it in batches of up to `batch_size` points, each with
+its own idempotency key, and retries with backoff. When the server stays
+unreachable the batch goes to the spool (JSONL files under
+`~/.torchlight/spool` or TORCHLIGHT_SPOOL_DIR) and later batches go there
+directly until a probe succeeds; the spool is replayed then, on the next
+start, or by `python -m tracker.client sync DIR`.
+
+Memory bound: at most `max_buffer` points wait in memory (default 100,000,
+about 15 MB); beyond that the oldest `batch_size` points are moved to the
+spool by the caller of log_point (a disk append, never a network wait).
+"""
+
+import fcntl
+import json
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+
+from tracker.client.transport import RequestFailed, ServerUnavailable
+
+log = logging.getLogger("torchlight.client")
+
+DEFAULT_BATCH = 10_000
+DEFAULT_MAX_BUFFER = 100_000
+PROBE_EVERY = 5.0
+
+
+def default_spool_dir():
+    return Path(os.environ.get("TORCHLIGHT_SPOOL_DIR") or Path.home() / ".torchlight" / "spool")
+
+
+def wire_value(value):
+    """A float for JSON: NaN/±Inf as the strings the API takes."""
+    if value != value:
+        return "NaN"
+    if value == math.inf:
+        return "Infinity"
+    if value == -math.inf:
+        return "-Infinity"
+    return value
+
+
+def wire_points(points):
+    """[key, value, step, timestamp, epoch] lists (the API's compact point form)."""
+    out = []
+    for key, value, step, ts, epoch in points:
+        if not math.isfinite(value):
+            value = wire_value(value)
+        out.append([key, value, step, ts, epoch])
+    return out
+
+
+class Spool:
+    """Append-only JSONL files of requests that could not be delivered; one file per writer, locked."""
+
+    def __init__(self, directory=None):
+        self.dir = Path(directory) if directory else default_spool_dir()
+        self._file = None
+        self._lock = threading.Lock()
+        self.written = 0
+
+    def _open(self):
+        if self._file is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            # Names sort in creation order (replay order): nanoseconds, then pid.
+            name = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+            self._file = open(self.dir / name, "a", encoding="utf-8")
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # replayers skip a file in use
+        return self._file
+
+    def write(self, entry):
+        line = json.dumps(entry, allow_nan=False, separators=(",", ":")) + "\n"
+        with self._lock:
+            f = self._open()
+            f.write(line)
+            f.flush()
+            self.written += 1
+
+    def close(self):
+        with self._lock:
+            if self._file is not None:
+                try:
+                    os.fsync(self._file.fileno())
+                except OSError:
+                    pass
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+                self._file.close()
+                self._file = None
+
+    @property
+    def has_file(self):
+        return self._file is not None
+
+
+def replay(directory, transport, server=None, log_fn=None):
+    """Send every spooled request in `directory`: run creations first, then the rest, oldest file first.
+
+    Files in use by a live writer are skipped. A fully delivered file is
+    deleted; on a network failure the replay stops and keeps the rest (a
+    second replay is harmless: batches carry idempotency keys, params
+    repeat their value, tags overwrite, a run creation with a known id
+    answers with that run). Returns (entries sent, entries refused by the
+    server, files left).
+    """
+    directory = Path(directory)
+    sent = refused = 0
+    if not directory.is_dir():
+        return 0, 0, 0
+    files = []  # (path, open handle holding the lock, entries)
+    left = 0
+    try:
+        for path in sorted(directory.glob("*.jsonl")):
+            try:
+                handle = open(path, encoding="utf-8")
+            except OSError:
+                continue
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                left += 1
+                continue
+            try:
+                entries = [json.loads(line) for line in handle if line.strip()]
+            except ValueError:
+                log.warning("torchlight: spool file %s is damaged; keeping it", path)
+                handle.close()
+                left += 1
+                continue
+            files.append((path, handle, entries))
+        ordered = [(i, e) for i, (_p, _h, es) in enumerate(files) for e in es if e.get("op") == "create_run"]
+        ordered += [(i, e) for i, (_p, _h, es) in enumerate(files) for e in es if e.get("op") != "create_run"]
+        failed = set()
+        for i, entry in ordered:
+            if server and entry.get("server") and entry["server"].rstrip("/") != server.rstrip("/"):
+                failed.add(i)  # another server's entries stay for their own sync
+                continue
+            if failed and len(failed) == len(files):
+                break
+            try:
+                send_entry(transport, entry, directory)
+                sent += 1
+            except RequestFailed as exc:
+                if exc.status == 404:
+                    failed.add(i)  # its run is unknown here (yet): keep it for a later sync
+                    continue
+                refused += 1
+                if log_fn:
+                    log_fn(f"refused: {entry.get('op')} for run {entry.get('run_id')}: {exc}")
+            except ServerUnavailable:
+                failed.update(range(len(files)))
+                break
+        for i, (path, _handle, entries) in enumerate(files):
+            if i in failed:
+                left += 1
+                continue
+            for entry in entries:
+                if entry.get("op") == "artifact" and not os.path.isabs(entry["file"]):
+                    (directory / entry["file"]).unlink(missing_ok=True)
+            path.unlink()
+    finally:
+        for _path, handle, _entries in files:
+            handle.close()
+    return sent, refused, left
+
+
+def send_entry(transport, entry, directory=None, retries=None, deadline=None):
+    """Deliver one request (a spool entry). Treats 'already there' answers as delivered."""
+    op = entry["op"]
+    run = entry.get("run_id")
+    kwargs = {"retries": retries, "deadline": deadline}
+    if op == "metrics":
+        result = transport.call(
+            "POST", f"/api/v1/runs/{run}/metrics",
+            {"points": entry["points"], "idempotency_key": entry["idempotency_key"]}, **kwargs,
+        )  # fmt: skip
+        if result and result.get("errors"):
+            log.warning("torchlight: %d points refused, first: %s", len(result["errors"]), result["errors"][0])
+        return result
+    if op == "create_run":
+        return transport.call("POST", "/api/v1/runs", entry["body"], **kwargs)
+    if op == "params":
+        return transport.call("POST", f"/api/v1/runs/{run}/params", {"params": entry["params"]}, **kwargs)
+    if op == "tags":
+        return transport.call("POST", f"/api/v1/runs/{run}/tags", {"tags": entry["tags"]}, **kwargs)
+    if op == "progress":
+        return transport.call("POST", f"/api/v1/runs/{run}/progress", entry["body"], **kwargs)
+    if op == "finish":
+        try:
+            return transport.call("PATCH", f"/api/v1/runs/{run}", {"status": entry["status"]}, **kwargs)
+        except RequestFailed as exc:
+            if exc.code == "run_ended":
+                return None  # someone finished it already: nothing to do
+            raise
+    if op == "artifact":
+        source = Path(directory or ".") / entry["file"] if not os.path.isabs(entry["file"]) else Path(entry["file"])
+        with open(source, "rb") as body:
+            return transport.call(
+                "PUT", f"/api/v1/runs/{run}/artifacts/{_quote(entry['path'])}", body=body, **kwargs
+            )
+    raise ValueError(f"unknown spool entry {op!r}")
+
+
+def _quote(path):
+    import urllib.parse
+
+    return urllib.parse.quote(path, safe="/")
+
+
+class Sender(threading.Thread):
+    """Drains points and small requests to the server in the background; never raises into the caller."""
+
+    def __init__(self, transport, run_id, spool, *, batch_size=DEFAULT_BATCH, max_buffer=DEFAULT_MAX_BUFFER,
+                 flush_interval=1.0, replay_dir=None):
+        super().__init__(name="torchlight-sender", daemon=True)
+        self.transport = transport
+        self.run_id = run_id
+        self.spool = spool
+        self.batch_size = batch_size
+        self.max_buffer = max(batch_size, max_buffer)
+        self.flush_interval = flush_interval
+        self.replay_dir = replay_dir
+        self.points = deque()
+        self.requests = deque()  # spool-entry dicts (params, tags, progress, ...) in order
+        self.wake = threading.Event()
+        self.idle = threading.Event()
+        self.idle.set()
+        self.closing = False
+        self.down_until = 0.0
+        self.deadline = None
+        self.sent_points = 0
+        self.spooled_points = 0
+        self.refused = 0
+        self.last_error = None
+
+    # -- called from the training thread: cheap, never blocks on the network --
+
+    def log_point(self, point):
+        self.points.append(point)
+        if len(self.points) >= self.max_buffer:
+            self._spill()
+
+    def submit(self, entry):
+        self.requests.append(entry)
+        self.idle.clear()
+        self.wake.set()
+
+    def _spill(self):
+        """Buffer full: move the oldest batch to the spool (disk), keeping memory bounded."""
+        batch = []
+        try:
+            for _ in range(self.batch_size):
+                batch.append(self.points.popleft())
+        except IndexError:
+            pass
+        if batch:
+            self._spool_points(batch)
+
+    # -- the thread --
+
+    def run(self):
+        if self.replay_dir is not None:
+            self._replay()
+        while True:
+            self.wake.wait(self.flush_interval)
+            self.wake.clear()
+            try:
+                self._drain()
+            except Exception as exc:  # never die: keep spooling
+                self.last_error = exc
+                log.warning("torchlight: sender error: %s", exc)
+            if not self.points and not self.requests:
+                self.idle.set()
+                if self.closing:
+                    return
+
+    def _server_down(self):
+        return time.monotonic() < self.down_until
+
+    def _mark_down(self, exc):
+        self.last_error = exc
+        if not self._server_down():
+            log.warning("torchlight: server unreachable, spooling to %s (%s)", self.spool.dir, exc)
+        self.down_until = time.monotonic() + PROBE_EVERY
+
+    def _retries(self):
+        return 0 if self._server_down() else None
+
+    def _drain(self):
+        while self.requests:
+            entry = self.requests.popleft()
+            self._deliver(entry)
+        while self.points:
+            batch = []
+            popleft = self.points.popleft
+            try:
+                for _ in range(self.batch_size):
+                    batch.append(popleft())
+            except IndexError:
+                pass
+            if batch:
+                entry = {
+                    "op": "metrics", "run_id": self.run_id, "server": self.transport.url,
+                    "idempotency_key": uuid.uuid4().hex, "points": wire_points(batch),
+                }  # fmt: skip
+                if self._deliver(entry):
+                    self.sent_points += len(batch)
+                else:
+                    self.spooled_points += len(batch)
+
+    def _deliver(self, entry):
+        """Send one request; on failure spool it. True when the server took it."""
+        if self._server_down() and not self.closing:
+            self.spool.write(entry)
+            return False
+        try:
+            send_entry(self.transport, entry, retries=self._retries(), deadline=self.deadline)
+        except RequestFailed as exc:
+            self.refused += 1
+            self.last_error = exc
+            log.warning("torchlight: the server refused %s: %s", entry["op"], exc)
+            return True
+        except ServerUnavailable as exc:
+            self._mark_down(exc)
+            self.spool.write(entry)
+            return False
+        if self.spool.has_file or self.down_until:
+            self.down_until = 0.0
+            self._replay()
+        return True
+
+    def _spool_points(self, batch):
+        self.spooled_points += len(batch)
+        self.spool.write(
+            {
+                "op": "metrics", "run_id": self.run_id, "server": self.transport.url,
+                "idempotency_key": uuid.uuid4().hex, "points": wire_points(batch),
+            }  # fmt: skip
+        )
+
+    def _replay(self):
+        """The server answers again: deliver what this and earlier processes spooled."""
+        directory = self.replay_dir or self.spool.dir
+        self.spool.close()  # our own file becomes replayable
+        try:
+            sent, refused, _left = replay(directory, self.transport, server=self.transport.url)
+        except Exception as exc:
+            log.warning("torchlight: spool replay failed: %s", exc)
+            return
+        if sent or refused:
+            log.info("torchlight: replayed %d spooled requests (%d refused)", sent, refused)
+
+    def flush(self, timeout=30.0):
+        """Wait until everything logged so far was sent (or spooled); True if done in time."""
+        self.idle.clear()
+        self.wake.set()
+        return self.idle.wait(timeout)
+
+    def close(self, timeout=30.0):
+        """Flush, stop the thread; what could not be sent within `timeout` goes to the spool."""
+        self.deadline = time.monotonic() + timeout
+        self.closing = True
+        self.idle.clear()
+        self.wake.set()
+        if self.is_alive():
+            self.join(timeout + 1)
+        # The thread is gone (or stuck): anything left is written to disk, never lost.
+        while self.points:
+            self._spill()
+        while self.requests:
+            self.spool.write(self.requests.popleft())
+        self.spool.close()
