@@ -33,3 +33,21 @@ def ensure_default_workspace():
         if not workspace.memberships.filter(user=user).exists():
             workspace.add_member(user, Role.OWNER)
     return workspace
+
+
+@transaction.atomic
+def ensure_local_cluster(workspace):
+    """The `local` cluster (0 to 2 CPU nodes on this machine) of the workspace, if it has no cluster yet."""
+    import os
+
+    from jobs.models import ClusterKind, ComputeCluster
+
+    existing = ComputeCluster.objects.filter(workspace=workspace).first()
+    if existing is not None:
+        return existing, False
+    cpus = os.cpu_count() or 1
+    cluster = ComputeCluster.objects.create(
+        workspace=workspace, name="local", kind=ClusterKind.LOCAL, vm_size=f"this machine ({cpus} CPUs)",
+        cpus_per_node=cpus, gpus_per_node=0, min_nodes=0, max_nodes=2, idle_seconds_before_scaledown=300,
+    )
+    return cluster, True

@@ -56,7 +56,7 @@ def ensure_environment(requirements, requirements_hash, log=print):
         _link_parent_site_packages(env_dir)
         # The project's pip, run by the new interpreter, installs into the new venv.
         pip = [str(env_python(env_dir)), "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
-               "--progress-bar", "off"]
+               "--progress-bar", "off", "--retries", "2", "--timeout", "30"]
         if conf.PIP_INDEX_URL:
             pip += ["--index-url", conf.PIP_INDEX_URL]
         try:

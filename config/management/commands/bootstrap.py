@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from config.bootstrap import ensure_admin_user, ensure_default_workspace
+from config.bootstrap import ensure_admin_user, ensure_default_workspace, ensure_local_cluster
 
 
 class Command(BaseCommand):
@@ -11,4 +11,5 @@ class Command(BaseCommand):
         workspace = ensure_default_workspace()
         if password:
             self.stdout.write(self.style.WARNING(f"Created admin user 'admin' with password: {password}  (shown once)"))
-        self.stdout.write(f"workspace '{workspace.slug}' ready")
+        cluster, created = ensure_local_cluster(workspace)
+        self.stdout.write(f"workspace '{workspace.slug}' ready" + (f", cluster '{cluster.name}' created" if created else ""))
