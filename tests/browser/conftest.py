@@ -56,8 +56,8 @@ def page(browser, live_server):
 
 
 @pytest.fixture
-def log_in(page):
-    """log_in(user) signs in through the login form, as a person would."""
+def log_in(page, redis_url):
+    """log_in(user) signs in through the login form, as a person would (the login throttle uses real Redis)."""
     from tests.conftest import PASSWORD
 
     def _log_in(user):

@@ -1,6 +1,7 @@
 import re
 
 import pytest
+from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -43,11 +44,11 @@ def test_it_issues_the_same_number_of_queries_for_10_and_200_runs(login, owner, 
     populate(large, owner, 200)
     client = login(owner)
     query = "?metrics=loss,acc,val/loss&params=lr,optimizer&sort=-metrics.loss"
-    client.get(f"/experiments/{small.pk}/{query}")  # warm the session
-    few = count_queries(client, f"/experiments/{small.pk}/{query}")
-    many = count_queries(client, f"/experiments/{large.pk}/{query}")
-    assert few == many
-    assert many <= 12
+    cache.clear()  # the column chooser's key lists are cached: count both cold and warm
+    cold = [count_queries(client, f"/experiments/{e.pk}/{query}") for e in (small, large)]
+    warm = [count_queries(client, f"/experiments/{e.pk}/{query}") for e in (small, large)]
+    assert cold[0] == cold[1] and warm[0] == warm[1]
+    assert warm[1] <= 12
     run_few = count_queries(client, f"/runs/{small.runs.first().id}/")
     assert run_few <= 20
 
@@ -94,6 +95,12 @@ def test_it_lists_the_experiment_keys_in_the_column_chooser(login, owner, experi
     for key in ("loss", "acc"):
         assert f'value="{key}" data-column-kind="metric"' in body
     assert 'value="lr" data-column-kind="param"' in body
+    # A key logged after the first visit shows up at once (the key lists are cached per newest row).
+    MetricSeries.objects.create(run=experiment.runs.first(), key="new_key", count=1, last_value=1.0)
+    Param.objects.create(run=experiment.runs.first(), key="new_param", value="x")
+    body = login(owner).get(f"/experiments/{experiment.pk}/").content.decode()
+    assert 'value="new_key" data-column-kind="metric"' in body
+    assert 'value="new_param" data-column-kind="param"' in body
 
 
 @pytest.mark.django_db
