@@ -51,3 +51,19 @@ def test_it_parses_values_and_labels_nonfinite():
         else:
             raise AssertionError(bad)
     assert [ds.nonfinite_label(v) for v in (math.nan, math.inf, -math.inf, 1.0)] == ["NaN", "Infinity", "-Infinity", None]
+
+
+def test_it_aggregates_identically_with_and_without_numpy():
+    import random
+
+    rng = random.Random(3)
+    points = [(rng.randrange(0, 5000), float(rng.randrange(0, 20)), float(i), None) for i in range(4000)]
+    points += [(rng.randrange(0, 5000), v, 0.0, 1.0) for v in (math.nan, math.inf, -math.inf) * 20]
+    points.sort(key=lambda p: p[0])
+    for shift in (4, 8):
+        fast = ds._aggregate_numpy(points, shift)
+        slow = {}
+        for step, value, ts, epoch in points:
+            slow.setdefault(step >> shift, ds.empty_agg())
+            ds.add_point(slow[step >> shift], step, value, ts, epoch)
+        assert fast == slow

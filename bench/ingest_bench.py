@@ -1,0 +1,190 @@
+"""Ingest throughput: 1,000,000 points through tracker.client into a live server (gunicorn, real HTTP).
+
+    .venv/bin/python bench/ingest_bench.py [--points 1000000] [--db sqlite|postgres|both]
+
+Each database gets a throwaway data dir (and, for PostgreSQL, a throwaway
+cluster made with initdb on a free port). Baselines measured in the same run:
+raw sqlite3 `executemany` of the same rows into a table with the same index
+(the ceiling for any SQLite store), and `metric_store.ingest` in-process (no
+HTTP, no client). Prints a markdown table; CPU seconds are given next to wall
+seconds because this machine is shared (wall time inflates under load).
+"""
+
+import argparse
+import json
+import math
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+PY = sys.executable
+
+SETUP = """
+import django, os
+django.setup()
+from django.contrib.auth import get_user_model
+from tracker.models import ApiToken, Role, Workspace
+user = get_user_model().objects.create_user("bench", password="bench-password-123")
+ws = Workspace.objects.create(name="Bench", slug="bench")
+ws.add_member(user, Role.OWNER)
+print(ApiToken.mint(user, "bench")[1])
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, seconds=60):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"server did not answer at {url}")
+
+
+def start_postgres(root):
+    data = root / "pg"
+    port = free_port()
+    subprocess.run(["initdb", "-D", str(data), "-U", "bench", "--auth=trust"], check=True, capture_output=True)
+    subprocess.run(
+        ["pg_ctl", "-D", str(data), "-o", f"-p {port} -k {root} -c fsync=on -c synchronous_commit=on", "-l",
+         str(root / "pg.log"), "-w", "start"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    subprocess.run(["createdb", "-h", str(root), "-p", str(port), "-U", "bench", "torchlight"], check=True)
+    return data, f"postgres://bench@127.0.0.1:{port}/torchlight"
+
+
+def stop_postgres(data):
+    subprocess.run(["pg_ctl", "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+
+
+def raw_sqlite_rate(n):
+    path = Path(tempfile.mkdtemp()) / "raw.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("CREATE TABLE p (id INTEGER PRIMARY KEY AUTOINCREMENT, series_id INT, step INT, value REAL, "
+                 "timestamp REAL, epoch REAL)")
+    conn.execute("CREATE INDEX p_s ON p (series_id, step)")
+    rows = [(1, i, math.sin(i / 1000), 1.7e9 + i, None) for i in range(n)]
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in range(0, n, 10_000):
+        conn.executemany("INSERT INTO p (series_id, step, value, timestamp, epoch) VALUES (?, ?, ?, ?, ?)",
+                         rows[i : i + 10_000])
+        conn.commit()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    conn.close()
+    shutil.rmtree(path.parent)
+    return n / wall, n / cpu
+
+
+def bench_db(kind, n):
+    root = Path(tempfile.mkdtemp(prefix=f"tl-ingest-{kind}-"))
+    env = dict(os.environ, TORCHLIGHT_DATA_DIR=str(root / "data"), DJANGO_SETTINGS_MODULE="config.settings")
+    env.pop("DATABASE_URL", None)
+    pg = None
+    if kind == "postgres":
+        pg, url = start_postgres(root)
+        env["DATABASE_URL"] = url
+    server = None
+    try:
+        subprocess.run([PY, "manage.py", "migrate", "-v", "0"], cwd=REPO, env=env, check=True)
+        token = subprocess.run([PY, "-c", SETUP], cwd=REPO, env=env, check=True, capture_output=True,
+                               text=True).stdout.strip().splitlines()[-1]
+        port = free_port()
+        server = subprocess.Popen(
+            [PY, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+             "--threads", "2", "--timeout", "300"],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base + "/api/v1/schema")
+        import tracker.client as tl
+
+        spool = root / "spool"
+        server_cpu0 = _cpu_of(server.pid)
+        t0, c0 = time.perf_counter(), time.process_time()
+        run = tl.start_run(experiment="bench", name=f"ingest-{kind}", url=base, token=token, spool_dir=spool,
+                           max_buffer=2_000_000)
+        log = run.log_metric
+        for step in range(n):
+            log("loss", math.sin(step / 1000), step)
+        logged = time.perf_counter() - t0
+        run.finish("completed", timeout=900)
+        wall = time.perf_counter() - t0
+        client_cpu = time.process_time() - c0
+        server_cpu = _cpu_of(server.pid) - server_cpu0
+        tl._current = None
+        req = urllib.request.Request(f"{base}/api/v1/runs/{run.id}", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req) as resp:
+            stored = json.loads(resp.read())["metrics"][0]["count"]
+        spooled = len(list(spool.glob("*.jsonl"))) if spool.exists() else 0
+        return {"kind": kind, "points": n, "stored": stored, "wall": wall, "logged": logged,
+                "client_cpu": client_cpu, "server_cpu": server_cpu, "spool_files": spooled}
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(30)
+        if pg is not None:
+            stop_postgres(pg)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _cpu_of(pid):
+    """CPU seconds of a process and its children (gunicorn master + worker)."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    total = sum(proc.cpu_times()[:2])
+    for child in proc.children(recursive=True):
+        total += sum(child.cpu_times()[:2])
+    return total
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--points", type=int, default=1_000_000)
+    parser.add_argument("--db", choices=("sqlite", "postgres", "both"), default="both")
+    args = parser.parse_args()
+    load = os.getloadavg()[0]
+    raw_wall, raw_cpu = raw_sqlite_rate(args.points)
+    results = []
+    for kind in ("sqlite", "postgres") if args.db == "both" else (args.db,):
+        if kind == "postgres" and not shutil.which("initdb"):
+            print("(no PostgreSQL binaries here: skipped)")
+            continue
+        results.append(bench_db(kind, args.points))
+    print(f"\nload average at start: {load:.1f} on {os.cpu_count()} cores\n")
+    print("| measurement | points | wall s | points/s (wall) | vs raw sqlite executemany |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| raw sqlite3 executemany, same table + index | {args.points:,} | {args.points / raw_wall:.2f} | "
+          f"{raw_wall:,.0f} | 1.00 |")
+    for r in results:
+        rate = r["stored"] / r["wall"]
+        print(f"| client → HTTP → store, {r['kind']} | {r['stored']:,} | {r['wall']:.2f} | {rate:,.0f} | "
+              f"{rate / raw_wall:.2f} |")
+    for r in results:
+        print(f"\n{r['kind']}: log loop {r['logged']:.2f} s; client CPU {r['client_cpu']:.1f} s; server CPU "
+              f"{r['server_cpu']:.1f} s → {r['stored'] / max(r['server_cpu'], 1e-9):,.0f} points per server-CPU-second; "
+              f"spool files left {r['spool_files']}; stored {r['stored']:,} of {r['points']:,}")
+    print(f"\nraw sqlite CPU-bound rate: {raw_cpu:,.0f} rows per CPU-second")
+
+
+if __name__ == "__main__":
+    main()
