@@ -174,7 +174,7 @@ def main():
     print("| measurement | points | wall s | points/s (wall) | vs raw sqlite executemany |")
     print("|---|---:|---:|---:|---:|")
     print(f"| raw sqlite3 executemany, same table + index | {args.points:,} | {args.points / raw_wall:.2f} | "
-          f"{raw_wall:,.0f} | 1.00 |")
+          f"{raw_wall:,.0f} | 1.00 |")  # raw_wall is a rate (rows/s)
     for r in results:
         rate = r["stored"] / r["wall"]
         print(f"| client → HTTP → store, {r['kind']} | {r['stored']:,} | {r['wall']:.2f} | {rate:,.0f} | "
