@@ -9,8 +9,11 @@ lock file makes concurrent builds of the same hash wait for one another; a
 import fcntl
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from django.conf import settings
@@ -30,10 +33,15 @@ def env_python(env_dir):
     return Path(env_dir) / "bin" / "python"
 
 
-def ensure_environment(requirements, requirements_hash, log=print):
+class EnvironmentBuildStopped(Exception):
+    """`should_stop()` said so (the run was canceled) and the build was killed."""
+
+
+def ensure_environment(requirements, requirements_hash, log=print, should_stop=None):
     """The python executable for these requirements, building the venv if needed.
 
-    `log(line)` receives the build output, line by line.
+    `log(line)` receives the build output, line by line; `should_stop()` is
+    asked every second during the build, and True kills pip's process group.
     """
     if not requirements:
         return sys.executable
@@ -60,8 +68,8 @@ def ensure_environment(requirements, requirements_hash, log=print):
         if conf.PIP_INDEX_URL:
             pip += ["--index-url", conf.PIP_INDEX_URL]
         try:
-            _run([*pip, "--", *requirements], log)
-        except EnvironmentBuildFailed:
+            _run([*pip, "--", *requirements], log, should_stop)
+        except (EnvironmentBuildFailed, EnvironmentBuildStopped):
             shutil.rmtree(env_dir, ignore_errors=True)
             raise
         ready.write_text("\n".join(requirements) + "\n")
@@ -86,7 +94,7 @@ def _link_parent_site_packages(env_dir):
     (Path(purelib) / "_torchlight_parent_env.pth").write_text("\n".join(parents) + "\n")
 
 
-def _run(argv, log):
+def _run(argv, log, should_stop=None):
     env = {k: v for k, v in os.environ.items() if k not in SERVER_SECRETS}
     env["PIP_NO_INPUT"] = "1"
     try:
@@ -94,6 +102,28 @@ def _run(argv, log):
                                 start_new_session=True)
     except OSError as exc:
         raise EnvironmentBuildFailed(f"could not start {argv[0]}: {exc}") from exc
+    stopped = threading.Event()
+
+    def watch():
+        from django.db import connection
+
+        try:
+            while proc.poll() is None:
+                try:
+                    if should_stop():
+                        stopped.set()
+                        os.killpg(proc.pid, signal.SIGKILL)
+                        return
+                except ProcessLookupError:
+                    return
+                except Exception:  # a failing check must not break the build
+                    pass
+                time.sleep(1)
+        finally:
+            connection.close()  # this thread's own database connection
+
+    if should_stop is not None:
+        threading.Thread(target=watch, name="env-build-watch", daemon=True).start()
     tail = []
     for line in proc.stdout:
         line = line.rstrip("\n")
@@ -104,6 +134,8 @@ def _run(argv, log):
     except subprocess.TimeoutExpired:
         proc.kill()
         raise EnvironmentBuildFailed(f"environment build took longer than {conf.PIP_TIMEOUT} s") from None
+    if stopped.is_set():
+        raise EnvironmentBuildStopped("environment build stopped")
     if code != 0:
         errors = [t for t in tail if "ERROR" in t or "error" in t] or tail
         detail = "\n".join(errors[-8:])

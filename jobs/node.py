@@ -30,7 +30,7 @@ from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
 from jobs import conf
-from jobs.environments import EnvironmentBuildFailed, ensure_environment
+from jobs.environments import EnvironmentBuildFailed, EnvironmentBuildStopped, ensure_environment
 from jobs.models import (
     JOB_NODE_DONE,
     Backend,
@@ -232,6 +232,13 @@ class NodeExecution:
         if not self.job_node.still_mine():
             raise NodeStopped("stale attempt")
 
+    def stop_requested(self):
+        try:
+            self.check_still_wanted()
+        except NodeStopped:
+            return True
+        return False
+
     # -- main -----------------------------------------------------------------------------------------
 
     def run(self):
@@ -330,9 +337,13 @@ class NodeExecution:
             return ensure_environment(
                 requirements, environment.requirements_hash,
                 log=lambda line: self.log.add(line, stream=LogStream.SYSTEM, source="environment"),
+                should_stop=self.stop_requested,
             )
         except EnvironmentBuildFailed as exc:
             raise NodeFailed(f"Preparing failed: {exc}") from None
+        except EnvironmentBuildStopped:
+            self.check_still_wanted()  # raises NodeStopped with the reason
+            raise NodeFailed("Preparing failed: the environment build was stopped") from None
 
     def copy_checkpoint(self):
         artifact = self.job.resume_from
