@@ -11,7 +11,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
 def test_it_runs_the_digits_example_submitted_through_the_form(login, contributor, workspace, experiment, cluster,
-                                                                run_burst_worker, redis_conn):
+                                                                run_burst_worker, redis_conn, live_server, tmp_path):
     client = login(contributor)
     form = client.get(f"/w/{workspace.slug}/jobs/new").content.decode()
     token = form.split('name="token" value="')[1].split('"')[0]
@@ -26,7 +26,9 @@ def test_it_runs_the_digits_example_submitted_through_the_form(login, contributo
     assert client.post(f"/w/{workspace.slug}/jobs/new", data).status_code == 302  # double click: still one run
     job = Job.objects.select_related("run").get()
 
-    result = run_burst_worker(cluster, timeout=480)
+    # The script logs through tracker.client to this test's live server (TORCHLIGHT_URL comes from the site URL).
+    result = run_burst_worker(cluster, timeout=480, env={"TORCHLIGHT_SITE_URL": live_server.url,
+                                                         "TORCHLIGHT_SPOOL_DIR": str(tmp_path / "spool")})
     assert result.returncode == 0, result.stderr[-3000:]
     run = job.run
     run.refresh_from_db()
