@@ -111,16 +111,20 @@ def parity(model, kind, onnx_path, shape, dtype, seed=0):
 
 
 def run(spec):
+    started = time.monotonic()
     import onnx
+    import onnxruntime  # noqa: F401  (imported here so the timings below show the import cost)
     import torch
 
-    started = time.monotonic()
+    timings = {"import": round(time.monotonic() - started, 3)}
+    mark = time.monotonic()
     out_dir = Path(spec["output_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / "model.onnx"
     progress(0.05, "loading")
     log(f"loading the {spec['flavour']} model (torch {torch.__version__})")
     model, kind = load_model(spec, spec["files_dir"])
+    timings["load"], mark = round(time.monotonic() - mark, 3), time.monotonic()
     if kind != "module":
         raise ExportError("not_exportable", "only PyTorch models can be exported")
     if hasattr(model, "eval"):
@@ -129,22 +133,24 @@ def run(spec):
     sample = sample_input(shape, dtype, batch=1, seed=1)
     progress(0.2, "exporting")
     log(f"exporting with opset {spec['opset']}, input {['batch'] + list(shape[1:])} {dtype}")
-    t = time.monotonic()
     exporter = export_model(model, sample, onnx_path, int(spec["opset"]))
-    log(f"exported with the {exporter} exporter in {time.monotonic() - t:.2f} s")
+    timings["export"], mark = round(time.monotonic() - mark, 3), time.monotonic()
+    log(f"exported with the {exporter} exporter in {timings['export']:.2f} s")
     progress(0.6, "checking")
     try:
         onnx.checker.check_model(str(onnx_path), full_check=True)
     except Exception as exc:
         raise ExportError("checker_failed", f"onnx.checker rejected the exported model: {_first_line(exc)}") from None
     log("onnx.checker: passed")
+    timings["check"], mark = round(time.monotonic() - mark, 3), time.monotonic()
     progress(0.75, "parity")
     report = parity(model, kind, onnx_path, shape, dtype)
+    timings["parity"] = round(time.monotonic() - mark, 3)
     log(f"parity on input {report['input_shape']}: max abs diff {report['max_abs_diff']:.3g}, max rel diff {report['max_rel_diff']:.3g}")
     report.update(
         exporter=exporter, opset=int(spec["opset"]), checker="passed",
         torch_version=torch.__version__.split("+")[0], onnx_version=onnx.__version__,
-        seconds=round(time.monotonic() - started, 3),
+        seconds=round(time.monotonic() - started, 3), timings=timings,
     )
     files = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
     progress(0.9, "storing")
