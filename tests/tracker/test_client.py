@@ -237,6 +237,23 @@ def test_it_flushes_on_sigterm_and_chains_the_previous_handler(live_server, toke
     assert (tmp_path / "chained").exists()
     run_id = proc.stdout.split()[0]
     assert [s for s, _ in history(run_id, "loss")] == list(range(3000))
+    assert Run.objects.get(pk=run_id).status == RunStatus.CANCELED
+
+
+def test_it_finishes_an_unfinished_run_at_exit_as_failed_after_a_crash(live_server, token, tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import tracker.client as tl
+        run = tl.start_run(experiment="crash", url={live_server.url!r}, token={token!r}, spool_dir={str(tmp_path)!r})
+        print(run.id, flush=True)
+        tl.log_metric("loss", 1.0)
+        raise RuntimeError("boom")
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 1 and "boom" in proc.stderr
+    saved = Run.objects.get(pk=proc.stdout.split()[0])
+    assert saved.status == RunStatus.FAILED and history(saved.pk, "loss") == [(0, 1.0)]
 
 
 def test_it_refuses_a_bad_url_and_bad_status_clearly(token):

@@ -24,7 +24,8 @@ server answers again, on the next start, or by `python -m tracker.client sync
 DIR`. Memory is bounded: at most `max_buffer` points (default 100,000, about
 15 MB) wait in memory; beyond that the oldest batch moves to the spool.
 Everything is flushed on exit (atexit) and on SIGTERM (the previous handler
-is chained).
+is chained); outside a job an unfinished run is then finished: completed,
+failed after an uncaught exception, canceled on SIGTERM.
 """
 
 import atexit
@@ -376,14 +377,32 @@ _hooks_installed = False
 _previous_sigterm = None
 
 
-def _flush_at_exit():
+_uncaught = False
+
+
+def _flush_at_exit(status=None):
+    """Flush the active run; outside a job also finish it (failed after an uncaught exception, as MLflow does)."""
     run = _current
-    if run is not None and run.enabled:
-        run.close(timeout=float(os.environ.get("TORCHLIGHT_EXIT_FLUSH_SECONDS", "30")))
+    if run is None or not run.enabled:
+        return
+    timeout = float(os.environ.get("TORCHLIGHT_EXIT_FLUSH_SECONDS", "30"))
+    if run.in_job or run.finished:
+        run.close(timeout=timeout)
+    else:
+        run.finish(status or ("failed" if _uncaught else "completed"), timeout=timeout)
+
+
+def _excepthook(exc_type, exc, tb):
+    global _uncaught
+    _uncaught = True
+    _previous_excepthook(exc_type, exc, tb)
+
+
+_previous_excepthook = sys.excepthook
 
 
 def _on_sigterm(signum, frame):
-    _flush_at_exit()
+    _flush_at_exit("canceled")
     previous = _previous_sigterm
     if callable(previous):
         previous(signum, frame)
@@ -400,6 +419,9 @@ def _install_exit_hooks():
         return
     _hooks_installed = True
     atexit.register(_flush_at_exit)
+    global _previous_excepthook
+    _previous_excepthook = sys.excepthook
+    sys.excepthook = _excepthook
     if threading.current_thread() is threading.main_thread():
         try:
             _previous_sigterm = signal.getsignal(signal.SIGTERM)
