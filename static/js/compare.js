@@ -44,6 +44,44 @@
     };
   }
 
+  function hasWebGL() {
+    try {
+      const canvas = document.createElement("canvas");
+      return !!(canvas.getContext("webgl") || canvas.getContext("experimental-webgl"));
+    } catch (e) {
+      return false;
+    }
+  }
+
+  // Without WebGL (remote desktops, some VMs) plotly's parcoords cannot draw: draw the same
+  // picture with SVG lines, one per run, each axis scaled to its own range.
+  function drawLines(dims, metricValues) {
+    const finite = metricValues.filter((v) => isFinite(v));
+    const lo = Math.min(...finite), hi = Math.max(...finite);
+    const palette = ["#440154", "#3b528b", "#21918c", "#5ec962", "#fde725"];
+    const colour = (v) => (!isFinite(v) || hi === lo ? "#1971c2" : palette[Math.round(((v - lo) / (hi - lo)) * 4)]);
+    const scaled = dims.map((d) => {
+      const vals = d.values.filter((v) => isFinite(v));
+      const min = d.range ? d.range[0] : Math.min(...vals);
+      const max = d.range ? d.range[1] : Math.max(...vals);
+      return d.values.map((v) => (isFinite(v) ? (max === min ? 0.5 : (v - min) / (max - min)) : null));
+    });
+    const raw = dims.map((d) => d.values.map((v) => (d.ticktext && isFinite(v) ? d.ticktext[v] : v)));
+    const traces = data.runs.map((run, i) => ({
+      type: "scatter", mode: "lines+markers", name: plain(run.name),
+      x: dims.map((_, j) => j), y: scaled.map((col) => col[i]),
+      text: raw.map((col) => String(col[i])),
+      hovertemplate: "%{text}<extra>" + plain(run.name) + "</extra>",
+      line: { color: colour(metricValues[i]), width: 2 }, marker: { size: 6 },
+    }));
+    Plotly.react(target, traces, {
+      margin: { l: 40, r: 20, t: 20, b: 60 }, height: 380, showlegend: true,
+      xaxis: { tickvals: dims.map((_, j) => j), ticktext: dims.map((d) => d.label), zeroline: false },
+      yaxis: { visible: false, range: [-0.05, 1.05] },
+    }, { displaylogo: false, responsive: true });
+    target.dataset.kind = "lines";
+  }
+
   function draw() {
     const metric = select ? select.value : null;
     const dims = Object.keys(data.params).map((key) => dimension(key, data.params[key]));
@@ -53,14 +91,28 @@
       target.textContent = "Nothing to plot: these runs logged no params.";
       return;
     }
+    if (!hasWebGL()) {
+      drawLines(dims, metricValues);
+      target.dataset.drawn = "1";
+      return;
+    }
     const finite = metricValues.filter((v) => isFinite(v));
     const line = finite.length
       ? { color: metricValues.map((v) => (isFinite(v) ? v : Math.min(...finite))), colorscale: "Viridis", showscale: true,
           colorbar: { title: { text: plain(metric) } } }
       : { color: "#1971c2" };
     Plotly.react(target, [{ type: "parcoords", line: line, dimensions: dims }],
-      { margin: { l: 60, r: 60, t: 50, b: 30 }, height: 380 }, { displaylogo: false, responsive: true });
-    target.dataset.drawn = "1";
+      { margin: { l: 60, r: 60, t: 50, b: 30 }, height: 380 }, { displaylogo: false, responsive: true })
+      .then(() => {
+        // A context can exist without what parcoords needs; plotly then only prints a notice.
+        if (/WebGL is not supported/.test(target.textContent)) {
+          Plotly.purge(target);
+          drawLines(dims, metricValues);
+        } else {
+          target.dataset.kind = "parcoords";
+        }
+        target.dataset.drawn = "1";
+      });
   }
 
   if (select) select.addEventListener("change", draw);

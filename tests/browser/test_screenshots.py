@@ -12,10 +12,11 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 def wait_for_charts(page):
     page.wait_for_function(
-        "document.querySelectorAll('.metric-chart').length === "
+        "() => document.querySelectorAll('.metric-chart').length === "
         "document.querySelectorAll('.metric-chart[data-drawn=\"1\"]').length",
         timeout=20_000,
     )
+    page.wait_for_timeout(300)  # let plotly finish its transitions
 
 
 @pytest.mark.django_db(transaction=True)
