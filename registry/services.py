@@ -491,7 +491,7 @@ def _enqueue_on_commit(task, func_path, obj_id, timeout):
     def _enqueue():
         try:
             queue = Queue(task.cluster.queue_name, connection=get_connection())
-            queue.enqueue(func_path, obj_id, job_timeout=timeout + 120, job_id=f"{func_path.replace('.', '_')}-{obj_id}", result_ttl=3600)
+            queue.enqueue(func_path, obj_id, job_timeout=timeout + 120, job_id=_job_id(func_path, obj_id), result_ttl=3600)
         except Exception as exc:  # Redis down: stay queued and say so, never run inline
             logger.warning("could not enqueue %s %s: %s", func_path, obj_id, exc)
             type(task).objects.filter(pk=task.pk, status=TaskStatus.QUEUED).update(
@@ -499,6 +499,49 @@ def _enqueue_on_commit(task, func_path, obj_id, timeout):
             )
 
     transaction.on_commit(_enqueue)
+
+
+def _job_id(func_path, obj_id):
+    return f"{func_path.replace('.', '_')}-{obj_id}"
+
+
+def resend_queued_tasks(older_than_seconds=30):
+    """Enqueue again the Queued exports and "try it" requests whose RQ job is gone (Redis was down or lost it).
+
+    Idempotent (the job id is fixed and the task claims its row); returns how many were sent.
+    A reconciler calls this periodically; it is harmless to call it more often.
+    """
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+
+    from config.redis import RedisUnavailable, get_connection
+
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    connection = get_connection()
+    sent = 0
+    for model, func_path, timeout in (
+        (OnnxExport, "registry.tasks.export_onnx", conf.EXPORT_TIMEOUT),
+        (InferenceRequest, "registry.tasks.run_inference", conf.INFERENCE_TIMEOUT),
+    ):
+        for task in model.objects.select_related("cluster").filter(status=TaskStatus.QUEUED, created_at__lte=cutoff, cluster__isnull=False):
+            try:
+                Job.fetch(_job_id(func_path, task.pk), connection=connection)
+                continue
+            except NoSuchJobError:
+                pass
+            except Exception as exc:
+                raise RedisUnavailable(str(exc)) from exc
+            from rq import Queue
+
+            Queue(task.cluster.queue_name, connection=connection).enqueue(
+                func_path, task.pk, job_timeout=timeout + 120, job_id=_job_id(func_path, task.pk), result_ttl=3600
+            )
+            model.objects.filter(pk=task.pk, status=TaskStatus.QUEUED).update(message="")
+            sent += 1
+    return sent
 
 
 def _check_cluster(cluster, workspace):

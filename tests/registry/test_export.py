@@ -2,6 +2,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from datetime import timedelta
 
 import numpy as np
 import onnxruntime
@@ -119,7 +120,9 @@ def test_it_records_a_loader_failure_on_the_export(digits_run, owner, cluster):
 
 
 @pytest.mark.django_db
-def test_it_keeps_an_export_queued_when_redis_is_down(digits_run, owner, cluster, settings, django_capture_on_commit_callbacks):
+def test_it_keeps_an_export_queued_when_redis_is_down_and_resends_it_later(
+    digits_run, owner, cluster, settings, django_capture_on_commit_callbacks, redis_conn, redis_url
+):
     version = register_digits(digits_run, owner)
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
     with django_capture_on_commit_callbacks(execute=True):
@@ -127,6 +130,14 @@ def test_it_keeps_an_export_queued_when_redis_is_down(digits_run, owner, cluster
     export.refresh_from_db()
     assert export.status == TaskStatus.QUEUED
     assert "could not be reached" in export.message
+    # Redis is back: the reconciler's call sends it, once
+    settings.REDIS_URL = redis_url
+    OnnxExport.objects.filter(pk=export.pk).update(created_at=export.created_at - timedelta(minutes=5))
+    assert services.resend_queued_tasks() == 1
+    assert services.resend_queued_tasks() == 0
+    assert redis_conn.llen(f"rq:queue:{cluster.queue_name}") == 1
+    export.refresh_from_db()
+    assert export.message == ""
 
 
 @pytest.mark.django_db
