@@ -85,3 +85,36 @@ def test_it_runs_a_job_only_once_when_its_rq_job_is_delivered_twice(submit_scrip
     assert run_job_node(job.pk, 0, 1) == "not-claimed"
     assert not enqueue_job(job.pk)  # terminal runs are never enqueued again
     assert log_text(job.run).count("once") == 1
+
+
+def test_it_hands_the_resume_checkpoint_to_the_script_and_links_the_parent_run(
+    submit_script, cluster, run_burst_worker, make_run, redis_conn
+):
+    import io
+
+    from tracker.services import store_artifact
+
+    parent = make_run(name="first", status=RunStatus.COMPLETED)
+    checkpoint = store_artifact(parent, "outputs/checkpoint.pt", io.BytesIO(b"epoch=3"))
+    job = submit_script(
+        "import os\nprint('resume', os.path.basename(os.environ['TORCHLIGHT_RESUME_FROM']), open(os.environ['TORCHLIGHT_RESUME_FROM']).read())\n",
+        resume_from=checkpoint,
+    )
+    run_burst_worker(cluster)
+    job.run.refresh_from_db()
+    assert job.run.status == RunStatus.COMPLETED, job.run.status_reason
+    assert job.run.parent_run_id == parent.pk
+    assert "resume checkpoint.pt epoch=3" in log_text(job.run)
+
+
+def test_it_refuses_late_writes_from_a_stale_attempt(submit_script, redis_conn):
+    job = submit_script("print(1)\n")
+    node = JobNode.objects.get(job=job)
+    stale = JobNode.objects.get(pk=node.pk)
+    JobNode.objects.filter(pk=node.pk).update(attempt=2)  # the reconciler moved on to attempt 2
+    assert not stale.claim(1, None)
+    assert not stale.set_status(JobNodeStatus.FAILED, reason="late")
+    node.refresh_from_db()
+    assert (node.status, node.attempt, node.reason) == (JobNodeStatus.PENDING, 2, "")
+    assert node.claim(2, None)
+    assert not JobNode.objects.get(pk=node.pk).claim(2, None)  # claimed once only
