@@ -16,7 +16,7 @@ from django import forms
 from django.core import signing
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Q, Subquery
 from django.utils.html import format_html, format_html_join
 
 from jobs.examples import example_choices, get_example
@@ -28,6 +28,7 @@ from tracker.models import Artifact, Experiment
 PARAM_NAME = re.compile(r"^-{0,2}[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".tar")
 MAX_ROWS = 100
+MAX_CHECKPOINT_CHOICES = 200
 SOURCE_ID_SALT = "jobs.source-upload"
 SOURCE_ID_MAX_AGE = 7 * 24 * 3600
 
@@ -138,18 +139,25 @@ def read_source_id(source_id, user, workspace):
     return data["k"], data["f"]
 
 
-def checkpoint_artifacts(workspace):
-    """Artifacts of earlier runs in the workspace that look like checkpoints, newest first."""
+def checkpoint_artifacts(workspace, limit=MAX_CHECKPOINT_CHOICES):
+    """The newest `limit` artifacts of runs in the workspace that look like checkpoints."""
     query = None
     for suffix in CHECKPOINT_SUFFIXES:
         clause = Q(path__iendswith=suffix)
         query = clause if query is None else query | clause
+    newest = Artifact.objects.filter(run__experiment__workspace=workspace).filter(query).order_by("-created_at")
+    # A subquery rather than a slice, so the field can still look a choice up by pk.
     return (
-        Artifact.objects.filter(run__experiment__workspace=workspace)
-        .filter(query)
+        Artifact.objects.filter(pk__in=Subquery(newest.values("pk")[:limit]))
         .select_related("run", "run__experiment")
         .order_by("-created_at")
     )
+
+
+class ClusterChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, cluster):
+        gpus = f", {cluster.gpus_per_node} × {cluster.gpu_type or 'GPU'}" if cluster.gpus_per_node else ", CPU only"
+        return f"{cluster.name} ({cluster.kind}, up to {cluster.max_nodes} node{'s' if cluster.max_nodes != 1 else ''}{gpus})"
 
 
 class ArtifactChoiceField(forms.ModelChoiceField):
@@ -174,7 +182,7 @@ class JobLaunchForm(forms.Form):
     script_args = RowsField(required=False, label="Script parameters",
                             widget=RowsWidget("Name", "Value", name_placeholder="--lr"),
                             help_text="Passed to the script as an argument list (never through a shell): --name value.")
-    cluster = forms.ModelChoiceField(queryset=ComputeCluster.objects.none(), empty_label=None, label="Compute cluster")
+    cluster = ClusterChoiceField(queryset=ComputeCluster.objects.none(), empty_label=None, label="Compute cluster")
     environment = forms.ModelChoiceField(queryset=Environment.objects.none(), required=False,
                                          empty_label="Torchlight's own (torch, torchvision, scikit-learn …)")
     pip_requirements = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}), label="New environment: pip requirements",

@@ -118,6 +118,7 @@ def test_it_fine_tunes_resnet18_on_a_tiny_imagefolder_zip_without_downloading(tm
         sys.modules.pop("model", None)
 
 
+@pytest.mark.slow
 def test_it_says_what_is_missing_when_the_dataset_is_not_there(tmp_path):
     result = run_script([sys.executable, str(EXAMPLES_DIR / "transfer" / "train.py"), "--data", "nothing"], cwd=tmp_path)
     assert result.returncode == 1

@@ -72,7 +72,7 @@ def test_it_shows_the_form_to_a_contributor(login, contributor, workspace, exper
     body = response.content.decode()
     assert 'name="token"' in body
     assert "Digits CNN" in body and "ResNet-18" in body
-    assert f'<option value="{cluster.pk}"' in body
+    assert f'<option value="{cluster.pk}"' in body and "cpu (local, up to 2 nodes, CPU only)" in body
     assert 'name="script_args_name" value="--epochs"' in body  # the example's default params as rows
     assert "js/jobs_form.js" in body
 
