@@ -353,6 +353,23 @@ class JobLaunchForm(forms.Form):
         data["_source_blob"] = (key, filename)
         return files
 
+    def keep_uploaded_source(self):
+        """After errors elsewhere, store a good uploaded source so the user need not pick the file again.
+
+        Returns (source_id, filename) or None (no upload, or the upload itself was bad).
+        """
+        from tracker import storage
+
+        upload = getattr(self, "cleaned_data", {}).get("source_file")
+        if upload is None or self.has_error("source_file"):
+            return None
+        upload.seek(0)
+        try:
+            blob = storage.save_stream(upload, kind="job-sources")
+        except storage.StorageError:
+            return None
+        return make_source_id(blob.key, upload.name, self.user, self.workspace), upload.name
+
     # --- launching --------------------------------------------------------------
 
     @property

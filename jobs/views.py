@@ -37,6 +37,7 @@ def _clone_source(request, workspace):
 def job_new(request, slug):
     workspace = get_workspace_for_user(request.user, slug, Role.CONTRIBUTOR)
     clone_from = None
+    kept_source = None
     if request.method == "POST":
         form = JobLaunchForm(request.POST, request.FILES, workspace=workspace, user=request.user)
         if form.is_valid():
@@ -44,6 +45,7 @@ def job_new(request, slug):
             if job is not None:
                 messages.success(request, f"Run {job.run.display_name} is queued on {job.cluster}.")
                 return redirect("tracker:run-detail", run_id=job.run_id)
+        kept_source = form.keep_uploaded_source()
     else:
         clone_from = _clone_source(request, workspace)
         initial = clone_initial(clone_from, request.user) if clone_from else {}
@@ -58,7 +60,8 @@ def job_new(request, slug):
         "form": form,
         "clone_from": clone_from,
         "examples": EXAMPLES.values(),
-        "source_filename": form.initial.get("source_filename", ""),
+        "source_filename": kept_source[1] if kept_source else form.initial.get("source_filename", ""),
+        "kept_source_id": kept_source[0] if kept_source else "",
         "has_clusters": form.fields["cluster"].queryset.exists(),
     }
     return render(request, "jobs/job_form.html", context, status=400 if form.is_bound and form.errors else 200)

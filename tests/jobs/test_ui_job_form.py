@@ -319,3 +319,19 @@ def test_it_keeps_the_run_queued_waiting_for_the_queue_when_redis_is_down(login,
 def test_it_preselects_the_experiment_from_the_link(login, contributor, workspace, experiment, cluster):
     body = login(contributor).get(url(workspace) + f"?experiment={experiment.pk}").content.decode()
     assert f'<option value="{experiment.pk}" selected>' in body
+
+
+def test_it_keeps_a_good_upload_when_another_field_is_wrong(login, contributor, workspace, experiment, cluster, redis_conn,
+                                                            django_capture_on_commit_callbacks):
+    client = login(contributor)
+    upload = zip_upload([("train.py", b"print('hi')")], name="mine.zip")
+    response = client.post(url(workspace), form_data(experiment, cluster, source_kind="upload", source_file=upload,
+                                                     node_count="9"))
+    assert_nothing_launched(response, cluster, redis_conn, "maximum of 2 nodes")
+    body = response.content.decode()
+    assert "Using <span class=\"mono\">mine.zip</span> that you uploaded" in body
+    source_id = body.split('name="source_id" value="')[1].split('"')[0]
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(url(workspace), form_data(experiment, cluster, source_kind="upload", source_id=source_id))
+    assert response.status_code == 302
+    assert Job.objects.get().source_filename == "mine.zip"
