@@ -320,8 +320,8 @@ class ClusterNode(models.Model):
 
     def beat(self):
         now = timezone.now()
+        # Job nodes beat from the work horse itself: a hung or dead horse must look dead.
         ClusterNode.objects.filter(pk=self.pk).exclude(status=NodeStatus.STOPPED).update(last_heartbeat=now)
-        JobNode.objects.filter(worker_id=self.pk, status__in=JOB_NODE_ACTIVE).update(heartbeat_at=now)
         self.last_heartbeat = now
 
     def mark_busy(self, job):

@@ -49,7 +49,23 @@ class NodeWorker(Worker):
             return super().execute_job(job, queue)
         finally:
             if self.cluster_node is not None:
+                self.fail_orphaned_job_nodes()
                 self.cluster_node.mark_idle()
+
+    def fail_orphaned_job_nodes(self):
+        """The horse is gone; a job node it left active (horse OOM-killed, timed out) ends here, script and all."""
+        from jobs.models import JOB_NODE_ACTIVE, JobNode, JobNodeStatus
+        from tracker.models import RunStatus
+
+        for node in JobNode.objects.filter(worker=self.cluster_node, status__in=JOB_NODE_ACTIVE).select_related("job__run"):
+            if node.process_group:
+                try:
+                    os.killpg(node.process_group, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            reason = f"node {node.node_rank} failed: the worker's job process died (killed or out of memory)"
+            if node.set_status(JobNodeStatus.FAILED, reason=reason):
+                node.job.run.finish(RunStatus.FAILED, reason)
 
 
 def register_node(cluster, gpus="", managed=False):

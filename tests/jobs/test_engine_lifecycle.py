@@ -105,6 +105,7 @@ def test_it_fails_the_run_with_node_lost_when_its_worker_is_killed_keeping_metri
     assert run.status == RunStatus.FAILED and run.status_reason.startswith("node lost")
     assert MetricSeries.objects.get(run=run, key="loss").count == 2
     assert JobNode.objects.get(job=job).status == JobNodeStatus.LOST
+    wait_for(lambda: reconcile(lost_after=3).unreachable_workers or None, timeout=10, message="the worker unreachable")
     assert ClusterNode.objects.get(cluster=cluster).status == NodeStatus.UNREACHABLE
     worker.wait(timeout=5)
     # A second pass changes nothing: no run is failed twice.
@@ -134,3 +135,15 @@ def test_it_enqueues_again_a_queued_job_whose_rq_job_vanished(submit_script, clu
     assert reconcile().enqueued_jobs == [job.pk]
     run_burst_worker(cluster)
     assert status_of(job.run) == RunStatus.COMPLETED
+
+
+def test_it_fails_the_run_and_kills_the_script_when_the_job_process_dies(submit_script, cluster, start_worker, redis_conn):
+    start_worker(cluster)
+    job = submit_script(LONG_SCRIPT)
+    pids = script_pids(job.run)
+    horse = psutil.Process(pids[0]).ppid()  # the RQ work horse that started the script
+    os.kill(horse, signal.SIGKILL)  # e.g. the OOM killer
+    wait_for(lambda: status_of(job.run) == RunStatus.FAILED, timeout=15, message="Failed")
+    assert "job process died" in Run.objects.get(pk=job.run.pk).status_reason
+    wait_for(lambda: all_dead(pids), timeout=10, message="the script to die")
+    wait_for(lambda: ClusterNode.objects.get(cluster=cluster).status == NodeStatus.IDLE, timeout=10, message="node idle")
