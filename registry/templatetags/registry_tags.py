@@ -18,7 +18,10 @@ def _output_choices(run):
         for i in range(1, len(parts) + 1):
             folders.add("/".join(parts[:i]) + "/")
     choices = [(f, f"{f} (folder)") for f in sorted(folders)] + [(p, p) for p in sorted(paths)]
-    preferred = next((p for p in sorted(paths) if p.lower().endswith((".pt", ".pth", ".onnx", ".safetensors", ".pt2"))), None)
+    weights = [p for p in paths if p.lower().endswith((".pt", ".pth", ".onnx", ".safetensors", ".pt2"))]
+    # outputs/model.pt over checkpoint.pt or model_full.pt (a full pickle)
+    weights.sort(key=lambda p: (p.rsplit("/", 1)[-1].lower().split(".")[0] != "model", "full" in p.lower(), p))
+    preferred = weights[0] if weights else None
     return choices, preferred
 
 

@@ -211,3 +211,25 @@ def test_pickle_helper_really_writes_the_marker(tmp_path):
     marker = tmp_path / "pwned"
     pickle.loads(pickle.dumps(WritesMarker(str(marker))))
     assert marker.exists()
+
+
+def test_it_builds_module_architectures_from_the_bundled_example_the_run_used(run, owner):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from django.conf import settings
+
+    from tracker.models import RunTag
+
+    spec = importlib.util.spec_from_file_location("digits_example_model", Path(settings.BASE_DIR) / "jobs/examples/digits/model.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["digits_example_model"] = module
+    spec.loader.exec_module(module)
+    model = module.DigitsCNN()
+    RunTag.objects.create(run=run, key="torchlight.example", value="digits")
+    add_artifact(run, "outputs/model.pt", state_dict_bytes(model))
+    version = services.register_from_run(
+        run=run, path="outputs/model.pt", name="pt-dnn", user=owner, architecture="model:DigitsCNN", input_shape="1,1,8,8"
+    )
+    assert version.output_shape == [None, 10]
