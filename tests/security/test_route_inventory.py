@@ -359,9 +359,13 @@ def check_mlflow(url, who):
     """Each method answers 401 JSON, or 405 JSON where the route does not take it; at least one is 401."""
     session = session_client(who["owner"])
     answered = []
+    anonymous = Client()
     for method in ("get", "post", "patch", "delete", "put"):
         kwargs = {} if method == "get" else {"data": "{}", "content_type": "application/json"}
-        for who_label, client in (("anonymous", Client()), ("a session cookie without a token", session)):
+        clients = [("anonymous", anonymous)]
+        if method in ("get", "post"):
+            clients.append(("a session cookie without a token", session))
+        for who_label, client in clients:
             response = getattr(client, method)(url, **kwargs)
             if response.status_code == 405:
                 continue
@@ -422,9 +426,13 @@ GUARDED = sorted(
 
 
 @pytest.mark.parametrize("key", GUARDED)
-def test_it_guards_the_route(key, world, who):
+def test_it_guards_the_route(key, who, request):
     route = ROUTES[key]
     policy = policy_for(key, route)
+    if policy.kind == "mlflow":  # ids travel in the body or query: only the URL itself matters here
+        check_mlflow(build_url(route, {"path": "outputs/model.pt", "model_id": "m-0", "key": "k"}), who)
+        return
+    world = request.getfixturevalue("world")
     url = build_url(route, world.values(policy))
     if policy.query:
         url += re.sub(r"\{([\w.]+)\}", lambda m: str(world.attribute(m.group(1))), policy.query)
@@ -437,7 +445,12 @@ def test_it_guards_every_admin_route(db, who):
         route for key, route in ROUTES.items() if (policy_for(key, route) or Route("unknown")).kind == "admin"
     ]
     assert admin_routes
+    # One URL per route shape: every ModelAdmin has the same six; the shape is what could lack a guard.
+    shapes = {}
     for route in admin_routes:
+        shape = re.sub(r"^admin/[\w-]+/[\w-]+/", "admin/<app>/<model>/", route)
+        shapes.setdefault(shape, route)
+    for route in shapes.values():
         url = build_url(route, {"app_label": "auth", "url": "auth/user/"})
         response = Client().get(url)
         # 401: django-rq's stats.json wants its own API token
