@@ -4,7 +4,7 @@ from datetime import timedelta
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db.models import Count, Max, Q
+from django.db.models import Count, Max, OuterRef, Q, Subquery, UUIDField
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -244,12 +244,19 @@ def cluster_detail(request, slug, pk):
 @login_required
 def environment_list(request, slug):
     workspace = get_workspace_for_user(request.user, slug)
-    environments = (
+    from jobs.environments import environments_root
+
+    last_run = Job.objects.filter(environment=OuterRef("pk")).order_by("-created_at").values("run_id")[:1]
+    environments = list(
         Environment.objects.filter(workspace=workspace)
         .select_related("created_by")
-        .annotate(job_count=Count("jobs"), last_used=Max("jobs__created_at"))
+        .annotate(job_count=Count("jobs"), last_used=Max("jobs__created_at"), last_run_id=Subquery(last_run, output_field=UUIDField()))
         .order_by("name")
     )
+    root = environments_root()
+    for environment in environments:
+        # Built on this machine (local nodes share the data dir); external nodes keep their own cache.
+        environment.built_here = (root / environment.requirements_hash / ".ready").exists()
     can_edit = require_role(request.user, workspace).allows(Role.CONTRIBUTOR)
     return render(request, "jobs/environment_list.html",
                   {"workspace": workspace, "environments": environments, "can_edit": can_edit})

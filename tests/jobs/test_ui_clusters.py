@@ -161,6 +161,26 @@ def test_it_refuses_a_bad_environment(login, contributor, workspace, requirement
     assert Environment.objects.count() == 0
 
 
+def test_it_shows_whether_an_environment_is_built_and_its_last_run(login, reader, owner, workspace, experiment, cluster,
+                                                                  redis_conn):
+    from jobs.environments import environments_root
+    from jobs.services import submit_job
+
+    environment = Environment.objects.create(workspace=workspace, name="tqdm", requirements="tqdm")
+    page = login(reader).get(f"/w/{workspace.slug}/environments/").content.decode()
+    assert "not yet" in page and "never" in page
+    job = submit_job(user=owner, experiment=experiment, cluster=cluster, entry_script="train.py", source_kind="example",
+                     example_name="digits", environment=environment)
+    ready = environments_root() / environment.requirements_hash / ".ready"
+    ready.parent.mkdir(parents=True, exist_ok=True)
+    ready.write_text("tqdm\n")
+    try:
+        page = login(reader).get(f"/w/{workspace.slug}/environments/").content.decode()
+    finally:
+        ready.unlink()
+    assert "not yet" not in page and f"/runs/{job.run_id}/" in page
+
+
 def test_it_refuses_a_duplicate_environment_name(login, contributor, workspace):
     Environment.objects.create(workspace=workspace, name="timm", requirements="timm")
     response = login(contributor).post(f"/w/{workspace.slug}/environments/new", {"name": "timm", "requirements": "tqdm"})
