@@ -184,3 +184,18 @@ def test_it_shows_the_model_list_in_constant_queries(digits_run, owner, login, d
     client = login(owner)
     with django_assert_max_num_queries(12):
         assert client.get("/w/vision/models/").status_code == 200
+
+
+def test_it_shows_model_and_version_pages_in_constant_queries(digits_run, owner, login, cluster, django_assert_max_num_queries):
+    for _ in range(4):
+        v = services.register_from_run(
+            run=digits_run, path="outputs/", name="pt-dnn", user=owner, validate=False,
+            architecture="digits_model:DigitsCNN", input_shape=[1, 1, 8, 8],
+        )
+        services.set_alias(model=v.model, alias=f"a{v.version}", version=v)
+        OnnxExport.objects.create(source_version=v, cluster=cluster, opset=18)
+    client = login(owner)
+    with django_assert_max_num_queries(20):
+        assert client.get(f"/models/{v.model_id}/").status_code == 200
+    with django_assert_max_num_queries(25):
+        assert client.get(f"/models/{v.model_id}/versions/{v.version}/").status_code == 200
