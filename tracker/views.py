@@ -16,6 +16,7 @@ from django.db.models import Count, Prefetch, Q
 from django.http import FileResponse, Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from tracker import services, storage
@@ -30,6 +31,8 @@ from tracker.forms import ExperimentForm, RunTagForm
 from tracker.models import Artifact, Experiment, MetricSeries, Param, Role, Run, RunTag, Workspace
 from tracker.run_filter import FilterError
 from tracker.runs_table import RunsTable, experiment_keys
+from tracker.templatetags.tracker_tags import duration as format_duration
+from tracker.templatetags.tracker_tags import metric as format_metric
 
 MAX_COMPARE = 20
 
@@ -271,6 +274,7 @@ def experiment_detail(request, pk):
             "experiment": experiment,
             "table": table,
             "page": page,
+            "rows": _table_rows(page.object_list),
             "param_keys": param_keys,
             "metric_keys": metric_keys,
             "filter_error": filter_error,
@@ -280,6 +284,30 @@ def experiment_detail(request, pk):
         },
         status=400 if filter_error else 200,
     )
+
+
+def _table_rows(runs):
+    """Display values for the runs table, computed in Python (50 rows x N columns of template work is slow)."""
+    rows = []
+    for run in runs:
+        fraction = run.progress_fraction if run.is_live else None
+        rows.append({
+            "id": str(run.id),
+            "url": reverse("tracker:run-detail", args=[run.id]),
+            "name": run.display_name,
+            "status": run.status,
+            "status_label": run.get_status_display(),
+            "progress": None if fraction is None else f"{fraction * 100:.0f}",
+            "duration": format_duration(run.duration),
+            "user": run.created_by.username if run.created_by else "—",
+            "created": timezone.localtime(run.created_at).strftime("%Y-%m-%d %H:%M"),
+            "cells": [
+                ("metric", format_metric(value)) if column.kind == "metric"
+                else ("param", "—" if value is None else (value if len(value) <= 60 else value[:59] + "…"))
+                for column, value in run.column_values
+            ],
+        })
+    return rows
 
 
 @login_required
