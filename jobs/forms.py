@@ -214,7 +214,7 @@ class JobLaunchForm(forms.Form):
     def clean_token(self):
         token = self.cleaned_data["token"]
         if not re.match(r"^[A-Za-z0-9_-]{8,64}$", token):
-            raise ValidationError("The form is missing its submission token: reload the page.")
+            raise ValidationError("The submission token must be 8 to 64 letters, digits, '-' or '_' (on the page: reload it).")
         return token
 
     def clean_script_args(self):

@@ -112,8 +112,6 @@ def run_logs_json(request, run_id):
         run, after_offset=after, limit=limit,
         node_rank=_int_or_none(request.GET.get("node")), rank=_int_or_none(request.GET.get("rank")),
     )
-    run.refresh_from_db(fields=["status", "status_reason", "progress_current", "progress_total", "progress_updated_at",
-                                "running_at", "start_time"])
     payload = {
         "lines": [line.as_dict() for line in lines],
         "next_offset": next_offset,

@@ -81,6 +81,7 @@ def test_it_makes_one_job_for_a_repeated_idempotency_key(api, contributor, exper
         ({"gpu": "yes"}, 400, "gpu must be true or false"),
         ({"params": 5}, 400, "params must be"),
         ({"surprise": 1}, 400, "unknown field(s): surprise"),
+        ({"idempotency_key": "a:b"}, 400, "idempotency_key: The submission token must be 8 to 64"),
     ],
 )
 def test_it_refuses_bad_submissions_with_json_errors(api, contributor, experiment, cluster, redis_conn, body, status, fragment):
