@@ -201,9 +201,12 @@ def launch_form_data(body, workspace):
     return data
 
 
-@api_endpoint(methods=("POST",))
+@api_endpoint(methods=("GET", "POST"))
 def jobs_collection(request):
-    """POST /api/v1/jobs: submit a job; 201 with the job, or 200 with the first one for a repeated idempotency_key."""
+    """GET /api/v1/jobs[?workspace=&live=1&limit=]: newest jobs first. POST: submit a job; 201 with the job, or
+    200 with the first one for a repeated idempotency_key."""
+    if request.method == "GET":
+        return _list_jobs(request)
     _no_run_tokens(request)
     body = request.json
     slug = body.get("workspace") if isinstance(body, dict) else None
@@ -217,6 +220,23 @@ def jobs_collection(request):
         raise form_error(form)
     job = Job.objects.select_related("run__experiment", "cluster", "environment").get(pk=job.pk)
     return json_response(job_json(job), status=200 if existing else 201)
+
+
+def _list_jobs(request):
+    workspace = api_get_workspace(request, request.GET.get("workspace"))
+    try:
+        limit = int(request.GET.get("limit") or 50)
+    except ValueError:
+        raise ApiError(400, "invalid", "limit must be a whole number")
+    if not 1 <= limit <= 500:
+        raise ApiError(400, "invalid", "limit must be between 1 and 500")
+    jobs = Job.objects.for_workspace(workspace)
+    if request.api_token.is_run_token:
+        jobs = jobs.filter(run_id=request.api_token.run_id)
+    if request.GET.get("live") in ("1", "true"):
+        jobs = jobs.live()
+    jobs = jobs.select_related("run__experiment", "cluster", "environment").prefetch_related("nodes").order_by("-created_at")
+    return json_response({"jobs": [job_json(job) for job in jobs[:limit]]})
 
 
 def _job_for(request, run_id, min_role=Role.READER):

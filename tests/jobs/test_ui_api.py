@@ -175,3 +175,14 @@ def test_it_lists_and_creates_clusters(api, owner, contributor, reader, workspac
     bad = api(owner, "POST", "/api/v1/clusters", {"name": "x", "min_nodes": 3, "max_nodes": 1})
     assert bad.status_code == 400 and "min_nodes" in bad.json()["error"]["details"]
     assert ComputeCluster.objects.count() == 2
+
+
+def test_it_lists_the_workspace_jobs_newest_first(api, contributor, reader, outsider, experiment, cluster, redis_conn):
+    first = submit(api, contributor, run_name="one").json()["id"]
+    second = submit(api, contributor, run_name="two").json()["id"]
+    Run.objects.filter(pk=first).update(status=RunStatus.COMPLETED)
+    listed = api(reader, "GET", "/api/v1/jobs").json()["jobs"]
+    assert [job["id"] for job in listed] == [second, first]
+    assert [job["id"] for job in api(reader, "GET", "/api/v1/jobs?live=1").json()["jobs"]] == [second]
+    assert api(reader, "GET", "/api/v1/jobs?limit=0").status_code == 400
+    assert api(outsider, "GET", "/api/v1/jobs?workspace=vision").status_code == 404
