@@ -82,6 +82,7 @@ def test_it_logs_a_whole_run_through_the_api(live_server, token, tmp_path):
     assert not list((tmp_path / "spool").glob("*.jsonl"))
 
 
+@pytest.mark.slow
 def test_it_keeps_training_when_the_server_is_down_and_syncs_later(live_server, token, tmp_path):
     spool = tmp_path / "spool"
     down = f"http://127.0.0.1:{free_port()}"
@@ -217,6 +218,7 @@ def test_it_attaches_to_the_job_run_from_the_environment(live_server, owner, run
     assert history(run.id, "acc") == [(3, 0.9)]
 
 
+@pytest.mark.slow
 def test_it_flushes_on_sigterm_and_chains_the_previous_handler(live_server, token, tmp_path):
     script = textwrap.dedent(
         f"""
@@ -240,6 +242,7 @@ def test_it_flushes_on_sigterm_and_chains_the_previous_handler(live_server, toke
     assert Run.objects.get(pk=run_id).status == RunStatus.CANCELED
 
 
+@pytest.mark.slow
 def test_it_finishes_an_unfinished_run_at_exit_as_failed_after_a_crash(live_server, token, tmp_path):
     script = textwrap.dedent(
         f"""

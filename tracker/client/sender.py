@@ -13,7 +13,6 @@ about 15 MB); beyond that the oldest `batch_size` points are moved to the
 spool by the caller of log_point (a disk append, never a network wait).
 """
 
-import fcntl
 import json
 import logging
 import math
@@ -25,6 +24,11 @@ from collections import deque
 from pathlib import Path
 
 from tracker.client.transport import RequestFailed, ServerUnavailable
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one writer per spool directory then
+    fcntl = None
 
 log = logging.getLogger("torchlight.client")
 
@@ -58,6 +62,17 @@ def wire_points(points):
     return out
 
 
+def _lock_file(handle):
+    """An exclusive, non-blocking advisory lock (OSError when another holds it)."""
+    if fcntl is not None:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _unlock_file(handle):
+    if fcntl is not None:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 class Spool:
     """Append-only JSONL files of requests that could not be delivered; one file per writer, locked."""
 
@@ -73,7 +88,7 @@ class Spool:
             # Names sort in creation order (replay order): nanoseconds, then pid.
             name = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
             self._file = open(self.dir / name, "a", encoding="utf-8")
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # replayers skip a file in use
+            _lock_file(self._file)  # replayers skip a file in use
         return self._file
 
     def write(self, entry):
@@ -91,7 +106,7 @@ class Spool:
                     os.fsync(self._file.fileno())
                 except OSError:
                     pass
-                fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+                _unlock_file(self._file)
                 self._file.close()
                 self._file = None
 
@@ -123,7 +138,7 @@ def replay(directory, transport, server=None, log_fn=None):
             except OSError:
                 continue
             try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _lock_file(handle)
             except OSError:
                 handle.close()
                 left += 1
