@@ -82,15 +82,19 @@ def measure(client, url, requests):
     queries = len(ctx.captured_queries)
     for _ in range(3):  # warm caches
         client.get(url)
-    times = []
+    times, cpu = [], []
     for _ in range(requests):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         response = client.get(url)
         times.append((time.perf_counter() - started) * 1000)
+        cpu.append((time.process_time() - started_cpu) * 1000)
         assert response.status_code == 200
-    times.sort()
-    p95 = times[max(0, int(round(0.95 * len(times))) - 1)]
-    return statistics.median(times), p95, queries
+    return percentiles(times), percentiles(cpu), queries
+
+
+def percentiles(values):
+    values = sorted(values)
+    return statistics.median(values), values[max(0, int(round(0.95 * len(values))) - 1)]
 
 
 def main():
@@ -136,16 +140,19 @@ def run_bench(args, data_dir):
             (f"run page, {args.keys} metric keys", f"/runs/{runs[17].id}/"),
             ("compare page, 5 runs", "/compare/?runs=" + ",".join(str(r.id) for r in runs[:5])),
         ]
-        print(f"\n| page ({args.runs} runs x {args.keys} keys) | p50 ms | p95 ms | SQL queries |")
-        print("|---|---:|---:|---:|")
+        # Wall time includes waiting for a CPU on a busy machine; CPU time (this process: view,
+        # templates and SQLite, all in-process) is what the request costs on an idle one.
+        print(f"\n| page ({args.runs} runs x {args.keys} keys) | wall p50 ms | wall p95 ms | CPU p50 ms | CPU p95 ms "
+              "| SQL queries |")
+        print("|---|---:|---:|---:|---:|---:|")
         worst = 0.0
         for label, url in cases:
-            p50, p95, queries = measure(client, url, args.requests)
+            (p50, p95), (c50, c95), queries = measure(client, url, args.requests)
             worst = max(worst, p95)
-            print(f"| {label} | {p50:.1f} | {p95:.1f} | {queries} |")
+            print(f"| {label} | {p50:.1f} | {p95:.1f} | {c50:.1f} | {c95:.1f} | {queries} |")
         load = os.getloadavg()
         print(f"\nload average while measuring: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs")
-        print(f"worst p95: {worst:.1f} ms (target < 150 ms): {'OK' if worst < 150 else 'TOO SLOW'}")
+        print(f"worst wall p95: {worst:.1f} ms (target < 150 ms): {'OK' if worst < 150 else 'TOO SLOW'}")
 
 
 if __name__ == "__main__":

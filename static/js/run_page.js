@@ -1,4 +1,4 @@
-// Run page: confirm tag deletion; reload the overview while the run is live (charts poll by themselves).
+// Run page: confirm before deleting a tag. Charts poll for new points by themselves (charts.js).
 (function () {
   "use strict";
 

@@ -1,3 +1,4 @@
+import io
 import re
 
 import pytest
@@ -153,3 +154,21 @@ def test_it_renders_compare_checkboxes_posting_to_the_compare_page(login, owner,
     body = login(owner).get(f"/experiments/{experiment.pk}/").content.decode()
     assert 'action="/compare/"' in body and 'method="get"' in body
     assert f'name="run" value="{run.id}"' in body
+
+
+@pytest.mark.django_db
+def test_it_issues_the_same_number_of_queries_for_a_run_with_2_or_20_metric_keys(login, owner, make_run):
+    from tracker import services
+
+    small, large = make_run(name="small"), make_run(name="large")
+    for run, keys in ((small, 2), (large, 20)):
+        MetricSeries.objects.bulk_create([MetricSeries(run=run, key=f"m{i}", count=1, last_value=i) for i in range(keys)])
+        Param.objects.bulk_create([Param(run=run, key=f"p{i}", value="v") for i in range(keys)])
+        for i in range(keys // 2):
+            services.store_artifact(run, f"dir{i}/file.txt", io.BytesIO(b"x"))
+    client = login(owner)
+    client.get(f"/runs/{small.id}/")
+    counts = [count_queries(client, f"/runs/{run.id}/") for run in (small, large)]
+    assert counts[0] == counts[1]
+    html = client.get(f"/runs/{large.id}/").content.decode()
+    assert html.count('class="metric-chart chart"') == 20
