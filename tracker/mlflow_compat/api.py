@@ -14,25 +14,34 @@ import functools
 import json
 import logging
 import math
+import threading
+import time
 
 from django.db import DatabaseError
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from tracker.mlflow_compat import conf
 from tracker.mlflow_compat.errors import MlflowError, denied, error_response, invalid, not_found
-from tracker.models import ROLE_RANK, TERMINAL_STATUSES, ApiToken, Membership, Role, Workspace
+from tracker.models import ROLE_RANK, TERMINAL_STATUSES, ApiToken, Membership, Role, Workspace, hash_token
 
 logger = logging.getLogger("torchlight.mlflow")
 
 
 class Context:
-    """Who is calling (user, token) and the workspace new objects land in."""
+    """Who is calling (user, token) and the workspace new objects land in (looked up when first needed)."""
 
-    def __init__(self, token, workspace, roles):
+    def __init__(self, token, roles):
         self.token = token
         self.user = token.user
-        self.workspace = workspace
         self.roles = roles  # {workspace_id: role}
+        self._workspace = None
+
+    @property
+    def workspace(self):
+        if self._workspace is None:
+            self._workspace = _target_workspace(self.token, self.roles)
+        return self._workspace
 
     @property
     def run_token(self):
@@ -47,12 +56,12 @@ class Context:
             raise denied("this needs the contributor role in the workspace")
         return role
 
-    def check_run(self, run, write=False):
+    def check_run(self, run, workspace_id, write=False):
         token_run = self.run_token
         if token_run is not None and token_run.pk != run.pk:
             raise not_found(f"Run '{run.id.hex}' not found")
         try:
-            self.check(run.experiment.workspace_id, write)
+            self.check(workspace_id, write)
         except MlflowError as exc:
             if exc.status == 404:
                 raise not_found(f"Run '{run.id.hex}' not found") from None
@@ -80,33 +89,68 @@ def _raw_token(request):
     return None
 
 
+# A few seconds of memory per token: a burst of log_metric calls costs one token lookup, not one per
+# call. A revoked token or a changed role takes effect within AUTH_CACHE_SECONDS.
+AUTH_CACHE_SECONDS = 2.0
+_auth_cache = {}
+_auth_lock = threading.Lock()
+
+
+def _lookup(raw):
+    digest = hash_token(raw)
+    now = time.monotonic()
+    hit = _auth_cache.get(digest)
+    if hit is not None and now - hit[0] < AUTH_CACHE_SECONDS:
+        token, roles = hit[1], hit[2]
+        if not (token.expires_at and token.expires_at <= timezone.now()):
+            return token, roles
+    token = ApiToken.objects.authenticate(raw)
+    if token is None or not token.user.is_active:
+        return None, None
+    if token.is_run_token and token.run.status in TERMINAL_STATUSES:
+        raise MlflowError("UNAUTHENTICATED", "this run token's run has ended")
+    token.touch()
+    roles = dict(Membership.objects.filter(user=token.user).values_list("workspace_id", "role"))
+    with _auth_lock:
+        if len(_auth_cache) > 10_000:
+            _auth_cache.clear()
+        _auth_cache[digest] = (now, token, roles)
+    return token, roles
+
+
 def authenticate(request):
     raw = _raw_token(request)
     if raw is None:
         raise MlflowError(
             "UNAUTHENTICATED", "an API token is required: set MLFLOW_TRACKING_TOKEN to a Torchlight API token"
         )
-    token = ApiToken.objects.authenticate(raw)
-    if token is None or not token.user.is_active:
+    if len(raw) > 200:
         raise MlflowError("UNAUTHENTICATED", "the API token is unknown, revoked or expired")
-    if token.is_run_token and token.run.status in TERMINAL_STATUSES:
-        raise MlflowError("UNAUTHENTICATED", "this run token's run has ended")
-    token.touch()
-    roles = dict(Membership.objects.filter(user=token.user).values_list("workspace_id", "role"))
-    if token.is_run_token:
-        workspace = Workspace.objects.get(experiments__runs=token.run_id)
-    else:
-        slug = conf.workspace_slug()
-        if slug:
-            workspace = Workspace.objects.filter(slug=slug, pk__in=list(roles)).first()
-            if workspace is None:
-                raise not_found(f"workspace {slug!r} ({conf.WORKSPACE_ENV}) not found")
-        else:
-            workspace = Workspace.objects.filter(pk__in=list(roles)).order_by("pk").first()
-            if workspace is None:
-                raise not_found("the token's user belongs to no workspace")
+    token, roles = _lookup(raw)
+    if token is None:
+        raise MlflowError("UNAUTHENTICATED", "the API token is unknown, revoked or expired")
     request.user = token.user
-    return Context(token, workspace, roles)
+    return Context(token, roles)
+
+
+def _target_workspace(token, roles):
+    if token.is_run_token:
+        return Workspace.objects.get(experiments__runs=token.run_id)
+    slug = conf.workspace_slug()
+    if slug:
+        workspace = Workspace.objects.filter(slug=slug, pk__in=list(roles)).first()
+        if workspace is None:
+            raise not_found(f"workspace {slug!r} ({conf.WORKSPACE_ENV}) not found")
+        return workspace
+    workspace = Workspace.objects.filter(pk__in=list(roles)).order_by("pk").first()
+    if workspace is None:
+        raise not_found("the token's user belongs to no workspace")
+    return workspace
+
+
+def clear_auth_cache():
+    with _auth_lock:
+        _auth_cache.clear()
 
 
 class Params:

@@ -235,7 +235,7 @@ def _resolve_source(ctx, source, run_id, model_id):
         kind, run, sub = resolve(ctx, path, write=False)
         if kind != "run" or not sub:
             raise invalid(f"source {source!r} does not name a run's artifact")
-        ctx.check_run(run, write=True)
+        ctx.check_run(run, run.experiment.workspace_id, write=True)
         return run, sub
     raise invalid(f"Unsupported source {source!r}: use models:/<model id>, runs:/<run id>/<path> or mlflow-artifacts:/ URIs")
 

@@ -75,14 +75,28 @@ def get_experiment(ctx, raw_id, write=False):
     return experiment
 
 
-def get_run(ctx, raw_id, write=False):
+def get_run(ctx, raw_id, write=False, full=True):
+    """The run `raw_id` names, checked for the caller; full=False loads only what a write needs (one light query)."""
     if not raw_id:
         raise invalid("Missing value for required parameter 'run_id'.")
     run_uuid = parse_run_id(raw_id)
-    run = Run.objects.select_related("experiment__workspace", "created_by").filter(pk=run_uuid).first()
+    if full:
+        run = Run.objects.select_related("experiment__workspace", "created_by").filter(pk=run_uuid).first()
+        workspace_id = run.experiment.workspace_id if run else None
+    else:
+        row = (
+            Run.objects.filter(pk=run_uuid)
+            .values_list("experiment_id", "experiment__workspace_id", "status", "created_by_id")
+            .first()
+        )
+        run, workspace_id = None, None
+        if row is not None:
+            run = Run(id=run_uuid, experiment_id=row[0], status=row[2], created_by_id=row[3])
+            run._state.adding = False
+            workspace_id = row[1]
     if run is None:
         raise not_found(f"Run '{raw_id}' not found")
-    ctx.check_run(run, write)
+    ctx.check_run(run, workspace_id, write)
     return run
 
 
@@ -545,7 +559,7 @@ def _ingest(run, points):
 def log_metric(request):
     ctx = request.mlflow
     params = request.params
-    run = get_run(ctx, run_id_param(params), write=True)
+    run = get_run(ctx, run_id_param(params), write=True, full=False)
     points = _points([{k: params.raw(k) for k in ("key", "value", "timestamp", "step")}])
     with transaction.atomic():
         _ingest(run, points)
@@ -556,7 +570,7 @@ def log_metric(request):
 def log_param(request):
     ctx = request.mlflow
     params = request.params
-    run = get_run(ctx, run_id_param(params), write=True)
+    run = get_run(ctx, run_id_param(params), write=True, full=False)
     key = params.str("key", required=True)
     value = params.raw("value")
     value = "" if value is None else str(value)
@@ -570,7 +584,7 @@ def log_param(request):
 def log_batch(request):
     ctx = request.mlflow
     params = request.params
-    run = get_run(ctx, run_id_param(params), write=True)
+    run = get_run(ctx, run_id_param(params), write=True, full=False)
     metric_items, param_items, tag_items = params.list("metrics"), params.list("params"), params.list("tags")
     if len(metric_items) > conf.MAX_BATCH_METRICS:
         raise MlflowError("RESOURCE_LIMIT_EXCEEDED", f"A batch logging request can have at most {conf.MAX_BATCH_METRICS} metrics")
@@ -600,7 +614,7 @@ def log_batch(request):
 def set_tag(request):
     ctx = request.mlflow
     params = request.params
-    run = get_run(ctx, run_id_param(params), write=True)
+    run = get_run(ctx, run_id_param(params), write=True, full=False)
     key = params.str("key", required=True)
     _check_key(key, "tag")
     value = params.raw("value")
@@ -618,7 +632,7 @@ def set_tag(request):
 def delete_tag(request):
     ctx = request.mlflow
     params = request.params
-    run = get_run(ctx, run_id_param(params), write=True)
+    run = get_run(ctx, run_id_param(params), write=True, full=False)
     key = params.str("key", required=True)
     _check_key(key, "tag")
     if not services.delete_tag(run, key):
@@ -637,7 +651,7 @@ def log_inputs(request):
 def log_outputs(request):
     ctx = request.mlflow
     params = request.params
-    run = get_run(ctx, run_id_param(params), write=True)
+    run = get_run(ctx, run_id_param(params), write=True, full=False)
     items = params.list("models")
     outputs = []
     for item in items:
