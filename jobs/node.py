@@ -72,12 +72,20 @@ class LogPump:
         self.run_id = run_id
         self.node_rank = node_rank
         self.interval = interval
+        self.count = 0
+        self.truncated = False
         self.queue = queue.Queue()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="log-pump", daemon=True)
         self.thread.start()
 
     def add(self, text, stream=LogStream.STDOUT, rank=None, source=""):
+        self.count += 1
+        if self.count > conf.MAX_LOG_LINES_PER_NODE and stream != LogStream.SYSTEM:
+            if not self.truncated:
+                self.truncated = True
+                self.system(f"log truncated: more than {conf.MAX_LOG_LINES_PER_NODE} lines from this node")
+            return
         self.queue.put({"node_rank": self.node_rank, "rank": rank, "stream": stream, "source": source,
                         "text": text, "created_at": timezone.now()})
 
@@ -510,7 +518,8 @@ class NodeExecution:
 
     def _read_stream(self, pipe, stream, default_rank):
         for raw in iter(pipe.readline, b""):
-            text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            # A progress bar redraws with \r: keep what the terminal would show last.
+            text = raw.decode("utf-8", errors="replace").rstrip("\r\n").rsplit("\r", 1)[-1]
             rank = default_rank
             match = RANK_PREFIX.match(text)
             if match:

@@ -38,8 +38,16 @@ class Supervisor:
     def start_node(self, cluster):
         argv = [sys.executable, str(settings.BASE_DIR / "manage.py"), "worker", "--cluster", cluster.name,
                 "--workspace", cluster.workspace.slug, "--managed"]
+        slot = None
+        if cluster.gpus_per_node:
+            # Node i of a GPU cluster gets GPUs [i*g, (i+1)*g): no two nodes share a device.
+            used = {getattr(p, "_torchlight_slot", None) for p in self.procs.get(cluster.pk, [])}
+            slot = next(i for i in range(cluster.max_nodes + 1) if i not in used)
+            first = slot * cluster.gpus_per_node
+            argv += ["--gpus", ",".join(str(g) for g in range(first, first + cluster.gpus_per_node))]
         proc = subprocess.Popen(argv, cwd=str(settings.BASE_DIR), env=dict(os.environ), start_new_session=True,
                                 stdin=subprocess.DEVNULL)
+        proc._torchlight_slot = slot
         self.procs.setdefault(cluster.pk, []).append(proc)
         self.log(f"cluster {cluster.name}: started node (pid {proc.pid})")
         return proc

@@ -1,5 +1,7 @@
 """Environments: a venv per requirements hash on top of the project's, reused, with the build log in the run log."""
 
+import shutil
+
 import pytest
 
 from jobs.models import Environment, read_log
@@ -21,6 +23,7 @@ def texts(run):
 def test_it_builds_an_environment_once_and_reuses_it(submit_script, workspace, cluster, run_burst_worker, redis_conn, settings):
     # Already satisfied by the project's packages: pip needs no download, torch stays visible.
     env = Environment.objects.create(workspace=workspace, name="with-requests", requirements="requests>=2.0\n")
+    shutil.rmtree(settings.DATA_DIR / "envs" / env.requirements_hash, ignore_errors=True)  # cached by an earlier session
     first = submit_script(SHOW_ENV, environment=env)
     second = submit_script(SHOW_ENV, environment=env)
     result = run_burst_worker(cluster, timeout=240)
@@ -58,8 +61,6 @@ def test_it_fails_at_preparing_with_pips_error_when_a_requirement_cannot_install
 def test_it_cancels_a_job_while_its_environment_builds_killing_pip(
     submit_script, workspace, cluster, start_worker, owner, redis_conn, settings
 ):
-    import shutil
-
     from conftest import wait_for
 
     from jobs.services import cancel_job

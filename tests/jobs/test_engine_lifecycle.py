@@ -105,8 +105,8 @@ def test_it_fails_the_run_with_node_lost_when_its_worker_is_killed_keeping_metri
     assert run.status == RunStatus.FAILED and run.status_reason.startswith("node lost")
     assert MetricSeries.objects.get(run=run, key="loss").count == 2
     assert JobNode.objects.get(job=job).status == JobNodeStatus.LOST
-    wait_for(lambda: reconcile(lost_after=3).unreachable_workers or None, timeout=10, message="the worker unreachable")
-    assert ClusterNode.objects.get(cluster=cluster).status == NodeStatus.UNREACHABLE
+    wait_for(lambda: reconcile(lost_after=3) and ClusterNode.objects.get(cluster=cluster).status == NodeStatus.UNREACHABLE,
+             timeout=10, message="the worker unreachable")
     worker.wait(timeout=5)
     # A second pass changes nothing: no run is failed twice.
     assert reconcile(lost_after=3).lost_nodes == []
