@@ -92,7 +92,11 @@ class Spool:
         return self._file
 
     def write(self, entry):
-        line = json.dumps(entry, allow_nan=False, separators=(",", ":")) + "\n"
+        try:
+            line = json.dumps(entry, allow_nan=False, separators=(",", ":")) + "\n"
+        except ValueError:  # NaN/±Inf among raw points
+            entry = {**entry, "points": wire_points(entry["points"])}
+            line = json.dumps(entry, allow_nan=False, separators=(",", ":")) + "\n"
         with self._lock:
             f = self._open()
             f.write(line)
@@ -187,6 +191,17 @@ def replay(directory, transport, server=None, log_fn=None):
     return sent, refused, left
 
 
+def metrics_body(entry):
+    """The JSON body of a metrics entry; tuples encode as arrays, NaN/±Inf as strings (rare: slow path)."""
+    payload = {"idempotency_key": entry["idempotency_key"], "points": entry["points"]}
+    try:
+        return json.dumps(payload, allow_nan=False, separators=(",", ":")).encode()
+    except ValueError:
+        entry["points"] = wire_points(entry["points"])
+        payload["points"] = entry["points"]
+        return json.dumps(payload, allow_nan=False, separators=(",", ":")).encode()
+
+
 def send_entry(transport, entry, directory=None, retries=None, deadline=None):
     """Deliver one request (a spool entry). Treats 'already there' answers as delivered."""
     op = entry["op"]
@@ -194,9 +209,8 @@ def send_entry(transport, entry, directory=None, retries=None, deadline=None):
     kwargs = {"retries": retries, "deadline": deadline}
     if op == "metrics":
         result = transport.call(
-            "POST", f"/api/v1/runs/{run}/metrics",
-            {"points": entry["points"], "idempotency_key": entry["idempotency_key"]}, **kwargs,
-        )  # fmt: skip
+            "POST", f"/api/v1/runs/{run}/metrics", body=metrics_body(entry), content_type="application/json", **kwargs
+        )
         if result and result.get("errors"):
             log.warning("torchlight: %d points refused, first: %s", len(result["errors"]), result["errors"][0])
         return result
@@ -324,7 +338,7 @@ class Sender(threading.Thread):
             if batch:
                 entry = {
                     "op": "metrics", "run_id": self.run_id, "server": self.transport.url,
-                    "idempotency_key": uuid.uuid4().hex, "points": wire_points(batch),
+                    "idempotency_key": uuid.uuid4().hex, "points": batch,
                 }  # fmt: skip
                 if self._deliver(entry):
                     self.sent_points += len(batch)
@@ -357,7 +371,7 @@ class Sender(threading.Thread):
         self.spool.write(
             {
                 "op": "metrics", "run_id": self.run_id, "server": self.transport.url,
-                "idempotency_key": uuid.uuid4().hex, "points": wire_points(batch),
+                "idempotency_key": uuid.uuid4().hex, "points": batch,
             }  # fmt: skip
         )
 
