@@ -89,6 +89,7 @@ def test_it_runs_the_pytorch_quickstart(tracking, tmp_path, owner, workspace):
     assert versions[1].run_id == run.pk
     assert versions[1].flavour in (Flavour.TORCH_EXPORT, Flavour.FULL_PICKLE)
     assert versions[1].input_shape == [1, 1, 8, 8]
+    assert versions[1].can_export_onnx  # like any other version: flavour, trust and signature are recorded
     assert "MLmodel" in {f.path for f in versions[1].files.all()}
 
     reloaded = mlflow.pyfunc.load_model("models:/tiny-cnn/2")
