@@ -263,6 +263,7 @@ def test_it_answers_404_or_400_on_the_api_artifact_routes(api_client, run, store
     base = f"/api/v1/runs/{run.id}/artifacts/"
     if not route_exists(base + "outputs/model.pt"):
         pytest.skip("PUT/GET /api/v1/runs/<id>/artifacts/<path> is not routed yet")
+    assert api_client.get(base + "outputs/model.pt").status_code == 200  # the real file answers
     response = api_client.get(base + hostile)
     assert response.status_code in (400, 404), response.status_code
     assert_no_canary(response)
@@ -287,11 +288,15 @@ MLFLOW_ARTIFACT_BASES = [
 
 @pytest.mark.parametrize("hostile", [p for p in CORPUS if p])
 def test_it_answers_404_or_400_on_the_mlflow_artifact_proxy(api_client, run, stored_artifact, hostile):
-    bases = [b for b in MLFLOW_ARTIFACT_BASES if route_exists(f"{b}{run.id}/artifacts/outputs/model.pt")]
+    prefix = f"{run.experiment_id}/{run.id}/artifacts/"
+    bases = [b for b in MLFLOW_ARTIFACT_BASES if route_exists(f"{b}{prefix}outputs/model.pt")]
     if not bases:
         pytest.skip("the MLflow artifact proxy is not routed yet")
     for base in bases:
-        response = api_client.get(f"{base}{run.id}/artifacts/{hostile}")
+        control = api_client.get(f"{base}{prefix}outputs/model.pt")  # the real file answers: the URL shape is right
+        assert control.status_code == 200, (base, control.status_code)
+        assert b"".join(control.streaming_content) == b"real weights"
+        response = api_client.get(f"{base}{prefix}{hostile}")
         assert response.status_code in (400, 404), (base, hostile, response.status_code)
         assert_no_canary(response)
         response = api_client.get(f"{base}{hostile}")
