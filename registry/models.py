@@ -160,6 +160,7 @@ class ModelVersion(models.Model):
                     raise ImmutableVersionError(f"model versions are immutable: cannot change {', '.join(sorted(changed))}")
                 kwargs["update_fields"] = sorted(self.EDITABLE_FIELDS)
         super().save(*args, **kwargs)
+        self._loaded = {f.attname: getattr(self, f.attname) for f in self._meta.concrete_fields}
 
     @property
     def label(self):

@@ -112,16 +112,40 @@ def subprocess_env():
     return env
 
 
-def run_loader(module, command, spec, workdir, timeout, on_line=None):
-    """Run `python -m <module> [command] spec.json` in workdir; returns its RESULT dict.
+def zygote_socket_path():
+    path = Path(settings.DATA_DIR) / "registry-loader.sock"
+    if len(str(path)) > 100:  # unix socket paths are limited to ~107 bytes
+        import hashlib
 
-    Each other stdout/stderr line goes to on_line(line) as it arrives.
-    """
-    spec_path = Path(workdir) / "spec.json"
-    spec_path.write_text(json.dumps(spec))
-    argv = [sys.executable, "-m", module] + ([command] if command else []) + [str(spec_path)]
+        path = Path("/tmp") / f"torchlight-loader-{hashlib.sha1(str(settings.DATA_DIR).encode()).hexdigest()[:12]}.sock"
+    return path
+
+
+def _start_child(module, args, workdir):
+    """(pid, stdout text stream, wait() -> exit status): a zygote child, or a plain subprocess as fallback."""
+    from registry import conf, zygote
+
+    if conf.USE_ZYGOTE:
+        try:
+            sock = zygote.connect(
+                str(zygote_socket_path()),
+                start_argv=[sys.executable, "-m", "registry.zygote", "serve", str(zygote_socket_path())],
+                env=subprocess_env(), cwd=str(settings.BASE_DIR), wait=conf.ZYGOTE_START_TIMEOUT,
+            )
+            pid, read_fd, reader = zygote.spawn(sock, module, args, workdir)
+        except (zygote.ZygoteUnavailable, OSError):
+            pass
+        else:
+            stream = os.fdopen(read_fd, "r", buffering=1)
+
+            def wait():
+                line = reader.readline()
+                sock.close()
+                return int(line.split()[1]) if line.startswith("EXIT ") else -9
+
+            return pid, stream, wait
     proc = subprocess.Popen(
-        argv,
+        [sys.executable, "-m", module, *args],
         cwd=str(workdir),
         env=subprocess_env(),
         stdout=subprocess.PIPE,
@@ -130,14 +154,34 @@ def run_loader(module, command, spec, workdir, timeout, on_line=None):
         bufsize=1,
         start_new_session=True,
     )
-    result = None
-    tail = []
+    return proc.pid, proc.stdout, proc.wait
+
+
+def run_loader(module, command, spec, workdir, timeout, on_line=None):
+    """Run `python -m <module> [command] spec.json` in workdir (a zygote child or a subprocess); returns its RESULT dict.
+
+    Each other stdout/stderr line goes to on_line(line) as it arrives. The process is killed after `timeout` s.
+    """
+    import signal
     import threading
 
-    timer = threading.Timer(timeout, proc.kill)
+    spec_path = Path(workdir) / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    args = ([command] if command else []) + [str(spec_path)]
+    pid, stream, wait = _start_child(module, args, workdir)
+
+    def kill():
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+    result = None
+    tail = []
+    timer = threading.Timer(timeout, kill)
     timer.start()
     try:
-        for line in proc.stdout:
+        for line in stream:
             line = line.rstrip("\n")
             if line.startswith("RESULT "):
                 result = json.loads(line[len("RESULT "):])
@@ -145,17 +189,18 @@ def run_loader(module, command, spec, workdir, timeout, on_line=None):
             tail = (tail + [line])[-30:]
             if on_line is not None:
                 on_line(line)
-        proc.wait()
+        returncode = wait()
+    except BaseException:
+        kill()
+        raise
     finally:
         timer.cancel()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stream.close()
     if result is None:
-        if proc.returncode and proc.returncode < 0:
-            reason = f"was killed after {timeout} s" if proc.returncode == -9 else f"died with signal {-proc.returncode}"
+        if returncode < 0:
+            reason = f"was killed after {timeout} s" if returncode == -9 else f"died with signal {-returncode}"
         else:
-            reason = f"exited with status {proc.returncode}"
+            reason = f"exited with status {returncode}"
         last = "; ".join(x for x in tail[-3:] if x.strip())
         raise SubprocessFailed(f"the loader process {reason}{': ' + last if last else ''}")
     return result

@@ -171,14 +171,16 @@ def test_it_keeps_versions_immutable(digits_run, owner):
 
 def test_it_registers_an_upload(workspace, owner, tmp_path):
     model, _ = digits_model()
-    scripted = torch.jit.script(model)
+    scripted = torch.jit.trace(model, torch.rand(1, 1, 8, 8))
     path = tmp_path / "digits.pt"
     scripted.save(str(path))
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
     with open(path, "rb") as fh:
-        fh.name = "digits.pt"
-        version = services.register_from_upload(
-            workspace=workspace, name="uploaded", user=owner, uploaded_file=fh, flavour="torchscript", input_shape=[1, 1, 8, 8]
-        )
+        upload = SimpleUploadedFile("digits.pt", fh.read())
+    version = services.register_from_upload(
+        workspace=workspace, name="uploaded", user=owner, uploaded_file=upload, flavour="torchscript", input_shape=[1, 1, 8, 8]
+    )
     assert version.flavour == "torchscript" and version.run is None
     assert version.files.get().path == "digits.pt"
 
@@ -233,3 +235,15 @@ def test_it_builds_module_architectures_from_the_bundled_example_the_run_used(ru
         run=run, path="outputs/model.pt", name="pt-dnn", user=owner, architecture="model:DigitsCNN", input_shape="1,1,8,8"
     )
     assert version.output_shape == [None, 10]
+
+
+def test_it_validates_in_a_plain_subprocess_when_the_warm_loader_is_off(digits_run, owner, monkeypatch):
+    from registry import conf
+
+    monkeypatch.setattr(conf, "USE_ZYGOTE", False)
+    version = register_digits(digits_run, owner)
+    assert version.output_shape == [None, 10]
+    digits_run.artifacts.filter(path="outputs/model.pt").delete()
+    add_artifact(digits_run, "outputs/model.pt", state_dict_bytes(digits_model()[0])[:700])
+    with pytest.raises(RegistrationError, match="not a PyTorch file"):
+        register_digits(digits_run, owner)
