@@ -302,3 +302,22 @@ def test_it_answers_404_or_400_on_the_mlflow_artifact_proxy(api_client, run, sto
         response = api_client.get(f"{base}{hostile}")
         assert response.status_code in (400, 404), (base, hostile, response.status_code)
         assert_no_canary(response)
+
+
+@pytest.mark.parametrize("hostile", [p for p in CORPUS if p and "\x00" not in p])
+def test_it_keeps_job_source_uploads_under_server_keys(api_client, workspace, sandbox, hostile):
+    """POST /api/v1/sources?filename=<hostile>: refused, or stored under our key with a plain base name."""
+    from urllib.parse import quote
+
+    url = f"/api/v1/sources?workspace={workspace.slug}&filename={quote(hostile + '.py', safe='')}"
+    response = api_client.generic("POST", url, b"print('hi')\n", content_type="application/octet-stream")
+    if response.status_code == 201:
+        filename = response.json()["filename"]
+        assert "/" not in filename and "\\" not in filename and ".." not in filename.split("/")
+    else:
+        assert response.status_code == 400, response.status_code
+    control = api_client.generic(
+        "POST", f"/api/v1/sources?workspace={workspace.slug}&filename=train.py", b"print('hi')\n",
+        content_type="application/octet-stream",
+    )
+    assert control.status_code == 201  # a plain name is taken: the refusals above are about the path
