@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from django.core.cache import cache
 from django.core.paginator import Paginator
-from django.db.models import DurationField, ExpressionWrapper, F, Max
+from django.db.models import DurationField, Exists, ExpressionWrapper, F, Max, OuterRef
 from django.db.models.functions import Coalesce, Now
 
 from tracker.models import MetricSeries, Param, Run, RunStatus
@@ -178,15 +178,50 @@ class RunsTable:
         Two steps keep a 10,000-run page cheap: the page's ids are found with the
         sort column alone, then only those 50 rows get every column's subquery.
         """
-        paginator = Paginator(self._sorted(self._filtered()).values_list("pk", flat=True), PAGE_SIZE)
-        page = paginator.get_page(number)
-        ids = list(page.object_list)
+        sort_column = next((c for c in self.columns if c.sort == self.sort_field), None)
+        if sort_column is not None and sort_column.kind == "metric" and not self.filter_text:
+            page, ids = self._page_by_series(sort_column, number)
+        else:
+            paginator = Paginator(self._sorted(self._filtered()).values_list("pk", flat=True), PAGE_SIZE)
+            page = paginator.get_page(number)
+            ids = list(page.object_list)
         columns = self.columns
         rows = {run.pk: run for run in self._annotate(Run.objects.filter(pk__in=ids), columns).select_related("created_by")}
         page.object_list = [rows[pk] for pk in ids if pk in rows]
         for run in page.object_list:
             run.column_values = [(column, getattr(run, column.alias)) for column in columns]
         return page
+
+    def _page_by_series(self, column, number):
+        """Page ids for a metric sort, read from MetricSeries joined to its runs.
+
+        Order: numbers, then NaN (stored as NULL), then the runs lacking the
+        metric (newest first). Today this costs one (run_id, key) index lookup per
+        run, like a per-run subquery; the query is shaped so that an index on
+        MetricSeries(key, last_value) can let SQLite walk one key's series in
+        value order and stop after a page (see bench/README.md, "Pages").
+        """
+        runs = self._filtered()
+        page = Paginator(runs.values_list("pk", flat=True), PAGE_SIZE).get_page(number)  # one COUNT; not evaluated
+        bottom = (page.number - 1) * PAGE_SIZE
+        value = F("last_value").desc(nulls_last=True) if self.descending else F("last_value").asc(nulls_last=True)
+        series = MetricSeries.objects.filter(key=column.key, run__experiment=self.experiment)
+        if self.status:
+            series = series.filter(run__status=self.status)
+        if self.search:
+            series = series.filter(run__name__icontains=self.search)
+        series = series.order_by(value, F("id").desc())
+        ids = list(series.values_list("run_id", flat=True)[bottom : bottom + PAGE_SIZE])
+        if len(ids) < PAGE_SIZE:
+            with_metric = bottom + len(ids) if ids else series.count()
+            lacking = (
+                runs.exclude(Exists(MetricSeries.objects.filter(run=OuterRef("pk"), key=column.key)))
+                .order_by("-created_at", "-id")
+                .values_list("pk", flat=True)
+            )
+            start = max(0, bottom - with_metric)
+            ids += list(lacking[start : start + PAGE_SIZE - len(ids)])
+        return page, ids
 
     def sort_link(self, value):
         """The sort value a header link should set: flips direction when already sorted by it."""
