@@ -213,6 +213,30 @@ def apply_state_dict(model, state_dict):
     return model
 
 
+def build_with_weights(architecture, kwargs, source_dir, state_dict):
+    """Build on the meta device (no random init: seconds saved on big models) and assign the weights;
+    an architecture whose buffers are not all in the state dict is built normally instead."""
+    import itertools
+
+    import torch
+
+    try:
+        with torch.device("meta"):
+            model = build_architecture(architecture, kwargs, source_dir)
+    except LoadError:
+        raise
+    except Exception:
+        model = None
+    if model is not None:
+        own = model.state_dict()
+        if set(own) == set(state_dict) and all(tuple(own[k].shape) == tuple(state_dict[k].shape) for k in own):
+            model.load_state_dict(state_dict, strict=True, assign=True)
+            if not any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+                return model
+    model = build_architecture(architecture, kwargs, source_dir)
+    return apply_state_dict(model, state_dict)
+
+
 def load_model(spec, files_dir):
     """(model, kind) for a spec; kind is 'module', 'onnx' (an onnxruntime session) or 'state_dict' (no architecture)."""
     import torch
@@ -224,8 +248,7 @@ def load_model(spec, files_dir):
         state_dict = load_safetensors(path) if flavour == "safetensors" else load_state_dict_file(path)
         if not spec.get("architecture"):
             return state_dict, "state_dict"
-        model = build_architecture(spec["architecture"], spec.get("arch_kwargs"), source_dir)
-        return apply_state_dict(model, state_dict).eval(), "module"
+        return build_with_weights(spec["architecture"], spec.get("arch_kwargs"), source_dir, state_dict).eval(), "module"
     if flavour == "torchscript":
         _check_head(path)
         try:
