@@ -63,6 +63,14 @@ def reconcile(lost_after=None, now=None):
         report.lost_nodes.append((node.job_id, node.node_rank))
         logger.warning("job %s: %s", node.job_id, reason)
 
+    # A live job whose cluster was deleted can never be picked up.
+    orphaned = Job.objects.filter(cluster__isnull=True).exclude(
+        run__status__in=[RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED]
+    ).select_related("run")
+    for job in orphaned:
+        if not job.nodes.filter(status__in=JOB_NODE_ACTIVE).exists():
+            job.run.finish(RunStatus.FAILED, "the job's compute cluster was deleted")
+
     from jobs.services import enqueue_job
 
     queued_jobs = (

@@ -147,3 +147,11 @@ def test_it_fails_the_run_and_kills_the_script_when_the_job_process_dies(submit_
     assert "job process died" in Run.objects.get(pk=job.run.pk).status_reason
     wait_for(lambda: all_dead(pids), timeout=10, message="the script to die")
     wait_for(lambda: ClusterNode.objects.get(cluster=cluster).status == NodeStatus.IDLE, timeout=10, message="node idle")
+
+
+def test_it_fails_a_queued_job_whose_cluster_was_deleted(submit_script, cluster, redis_conn):
+    job = submit_script("print(1)\n")
+    cluster.delete()
+    reconcile()
+    run = Run.objects.get(pk=job.run.pk)
+    assert run.status == RunStatus.FAILED and "cluster was deleted" in run.status_reason

@@ -42,20 +42,13 @@ def test_it_starts_nodes_for_waiting_jobs_and_stops_them_when_idle(submit_script
     assert "started node" in supervisor.stdout.read()
 
 
-def test_it_keeps_min_nodes_running(cluster, supervisor, redis_conn):
-    cluster.min_nodes = 1
-    cluster.save(update_fields=["min_nodes"])
-    wait_for(lambda: ClusterNode.objects.filter(cluster=cluster, status=NodeStatus.IDLE).count() == 1, timeout=60,
-             message="one idle node")
-    supervisor.send_signal(signal.SIGTERM)
-    supervisor.wait(timeout=20)
-    wait_for(lambda: not ClusterNode.objects.filter(cluster=cluster).alive().exists(), timeout=15,
-             message="the supervisor's nodes to stop with it")
-
-
-def test_it_gives_each_node_of_a_gpu_cluster_its_own_gpus(cluster, supervisor, redis_conn):
+def test_it_keeps_min_nodes_running_each_with_its_own_gpus_and_stops_them_with_it(cluster, supervisor, redis_conn):
     cluster.gpus_per_node, cluster.min_nodes, cluster.max_nodes = 2, 2, 2
     cluster.save(update_fields=["gpus_per_node", "min_nodes", "max_nodes"])
     wait_for(lambda: ClusterNode.objects.filter(cluster=cluster, status=NodeStatus.IDLE).count() == 2, timeout=60,
              message="two idle nodes")
     assert sorted(ClusterNode.objects.filter(cluster=cluster).values_list("gpus", flat=True)) == ["0,1", "2,3"]
+    supervisor.send_signal(signal.SIGTERM)
+    supervisor.wait(timeout=20)
+    wait_for(lambda: not ClusterNode.objects.filter(cluster=cluster).alive().exists(), timeout=15,
+             message="the supervisor's nodes to stop with it")
