@@ -1,4 +1,5 @@
 import hashlib
+import io
 import os
 import subprocess
 import sys
@@ -155,3 +156,24 @@ def test_it_refuses_exports_it_cannot_do(digits_run, owner, cluster, other_works
         services.request_onnx_export(version=version, cluster=cluster, opset=99, user=owner)
     assert not OnnxExport.objects.exists()
 
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_never_loads_an_untrusted_pickle_in_the_worker_either(run, owner, cluster, tmp_path):
+    from registry.models import ModelFile, RegisteredModel
+    from tests.registry.test_register import marker_pickle
+
+    marker = tmp_path / "pwned"
+    blob = storage.save_stream(io.BytesIO(marker_pickle(marker)), kind="registry")
+    # a row that could only exist if something bypassed register_version's refusal
+    model = RegisteredModel.objects.create(workspace=run.experiment.workspace, name="evil")
+    version = ModelVersion.objects.create(model=model, version=1, flavour="full_pickle", trusted=False, input_shape=[1, 4], run=run)
+    ModelFile.objects.create(version=version, path="model.pt", size=blob.size, sha256=blob.sha256, storage_key=blob.key)
+    with pytest.raises(services.RegistrationError, match="untrusted"):
+        services.request_onnx_export(version=version, cluster=cluster, user=owner)
+    export = OnnxExport.objects.create(source_version=version, cluster=cluster, opset=18)
+    tasks.export_onnx(export.pk)
+    export.refresh_from_db()
+    assert export.status == TaskStatus.FAILED
+    assert "only when the version is trusted" in export.message
+    assert not marker.exists()
