@@ -4,7 +4,6 @@ Tests here need `@pytest.mark.django_db(transaction=True)` so the live
 server's thread sees the rows they create.
 """
 
-import os
 from pathlib import Path
 
 import pytest
@@ -19,11 +18,6 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 
-# Playwright's sync API runs an event loop in this thread; the ORM calls the
-# tests make between browser steps are still plain synchronous code.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
-
 def pytest_collection_modifyitems(items):
     if Path(CHROMIUM).exists():
         return
@@ -33,10 +27,14 @@ def pytest_collection_modifyitems(items):
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="session")
-def browser():
+@pytest.fixture
+def browser(monkeypatch):
+    """One chromium per test: Playwright's event loop lives only as long as the test that needs it."""
     from playwright.sync_api import sync_playwright
 
+    # Playwright's sync API runs an event loop in this thread; the ORM calls a test makes
+    # between browser steps are still plain synchronous code. Only for this test.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield browser
