@@ -231,11 +231,18 @@ def _store(run, good):
     connection.ensure_connection()
     raw = connection.connection.cursor()
     try:
-        q = "?" if connection.vendor == "sqlite" else "%s"
-        raw.executemany(
-            f"INSERT INTO tracker_metricpoint (series_id, step, value, timestamp, epoch) VALUES ({q}, {q}, {q}, {q}, {q})",
-            rows,
-        )
+        if connection.vendor == "postgresql" and hasattr(raw, "copy"):
+            # PostgreSQL: COPY streams the rows in one statement (psycopg 3), far faster than INSERTs.
+            with raw.copy("COPY tracker_metricpoint (series_id, step, value, timestamp, epoch) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            q = "?" if connection.vendor == "sqlite" else "%s"
+            raw.executemany(
+                f"INSERT INTO tracker_metricpoint (series_id, step, value, timestamp, epoch) "
+                f"VALUES ({q}, {q}, {q}, {q}, {q})",
+                rows,
+            )
     finally:
         raw.close()
     with connection.cursor() as cursor:
