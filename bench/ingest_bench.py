@@ -57,21 +57,38 @@ def wait_http(url, seconds=60):
     raise SystemExit(f"server did not answer at {url}")
 
 
+def _as_postgres_user():
+    """initdb and postgres refuse to run as root: run them as the `postgres` user then."""
+    if os.geteuid() != 0:
+        return [], None
+    import pwd
+
+    pw = pwd.getpwnam("postgres")
+    return ["runuser", "-u", "postgres", "--"], pw
+
+
 def start_postgres(root):
-    data = root / "pg"
+    prefix, pw = _as_postgres_user()
+    pgroot = Path(tempfile.mkdtemp(prefix="tl-pg-"))
+    if pw is not None:
+        os.chown(pgroot, pw.pw_uid, pw.pw_gid)
+    data = pgroot / "data"
     port = free_port()
-    subprocess.run(["initdb", "-D", str(data), "-U", "bench", "--auth=trust"], check=True, capture_output=True)
+    subprocess.run([*prefix, "initdb", "-D", str(data), "-U", "bench", "--auth=trust"], check=True,
+                   capture_output=True)
     subprocess.run(
-        ["pg_ctl", "-D", str(data), "-o", f"-p {port} -k {root} -c fsync=on -c synchronous_commit=on", "-l",
-         str(root / "pg.log"), "-w", "start"],
+        [*prefix, "pg_ctl", "-D", str(data), "-o", f"-p {port} -k {pgroot} -c listen_addresses=127.0.0.1", "-l",
+         str(pgroot / "pg.log"), "-w", "start"],
         check=True, capture_output=True,
     )  # fmt: skip
-    subprocess.run(["createdb", "-h", str(root), "-p", str(port), "-U", "bench", "torchlight"], check=True)
-    return data, f"postgres://bench@127.0.0.1:{port}/torchlight"
+    subprocess.run(["createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "bench", "torchlight"], check=True)
+    return (prefix, data, pgroot), f"postgres://bench@127.0.0.1:{port}/torchlight"
 
 
-def stop_postgres(data):
-    subprocess.run(["pg_ctl", "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+def stop_postgres(handle):
+    prefix, data, pgroot = handle
+    subprocess.run([*prefix, "pg_ctl", "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+    shutil.rmtree(pgroot, ignore_errors=True)
 
 
 def raw_sqlite_rate(n):
@@ -170,6 +187,7 @@ def main():
             print("(no PostgreSQL binaries here: skipped)")
             continue
         results.append(bench_db(kind, args.points))
+        print(f"{kind}: {results[-1]}", flush=True)
     print(f"\nload average at start: {load:.1f} on {os.cpu_count()} cores\n")
     print("| measurement | points | wall s | points/s (wall) | vs raw sqlite executemany |")
     print("|---|---:|---:|---:|---:|")
