@@ -14,6 +14,7 @@ from django.http import FileResponse, HttpResponse, StreamingHttpResponse
 from tracker import storage
 
 CHUNK = 1024 * 1024
+ZIP_CHUNK = 4 * 1024 * 1024  # bigger writes: fewer chunk frames and syscalls on the way out
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -135,7 +136,7 @@ def iter_zip(files):
             info.compress_type = method
             info.file_size = f.size
             with storage.open_blob(f.storage_key) as src, zf.open(info, mode="w", force_zip64=f.size > 2**31) as dest:
-                while chunk := src.read(CHUNK):
+                while chunk := src.read(ZIP_CHUNK):
                     dest.write(chunk)
                     out = sink.drain()
                     if out:
