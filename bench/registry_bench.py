@@ -94,10 +94,11 @@ def bench_export(user, workspace, experiment, cluster, redis_url, repeats):
         architecture="torchvision:resnet18", input_shape=[1, 3, 224, 224],
     )
     register_s = time.monotonic() - t
+    stop_zygote()  # the first export pays the warm loader's start (torch import), like a fresh worker machine
     worker = start_worker(cluster, redis_url)
     times, reports = [], []
     try:
-        for _ in range(repeats):
+        for _ in range(repeats + 1):
             t = time.monotonic()
             export = services.request_onnx_export(version=version, cluster=cluster, opset=18, user=user)
             while True:
@@ -113,6 +114,17 @@ def bench_export(user, workspace, experiment, cluster, redis_url, repeats):
         worker.terminate()
         worker.wait(timeout=30)
     return register_s, times, reports
+
+
+def stop_zygote():
+    from registry.workdir import zygote_socket_path
+
+    path = str(zygote_socket_path())
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if "registry.zygote" in cmdline and path in cmdline:
+            proc.terminate()
+            proc.wait(timeout=10)
 
 
 def free_port():
@@ -215,7 +227,9 @@ def main():
     if not args.skip_export:
         register_s, times, reports = bench_export(user, workspace, experiment, cluster, redis_url, args.exports)
         print(f"register resnet18 (copy + validation subprocess): {register_s:.2f} s")
-        print("| ResNet-18 export, request → new version | " + " | ".join(f"{t:.2f} s" for t in times) + f" | median {statistics.median(times):.2f} s |")
+        cold, warm = times[0], times[1:]
+        print(f"| ResNet-18 export, request → new version, cold loader | {cold:.2f} s |")
+        print("| ResNet-18 export, request → new version, warm loader | " + " | ".join(f"{t:.2f} s" for t in warm) + f" | median {statistics.median(warm):.2f} s |")
         last = reports[-1]
         print(f"  export subprocess {last['seconds']} s, stages {last.get('timings')}, exporter {last['exporter']}, max abs diff {last['max_abs_diff']:.3g}, max rel diff {last['max_rel_diff']:.3g}")
     if not args.skip_download:

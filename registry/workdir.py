@@ -204,3 +204,31 @@ def run_loader(module, command, spec, workdir, timeout, on_line=None):
         last = "; ".join(x for x in tail[-3:] if x.strip())
         raise SubprocessFailed(f"the loader process {reason}{': ' + last if last else ''}")
     return result
+
+
+def warm_loader():
+    """Start the warm loader (torch imported once) in the background if none runs; returns at once.
+
+    A worker calls this when it starts so the first export or registration does not pay the import.
+    """
+    import subprocess
+
+    from registry import conf
+
+    if not conf.USE_ZYGOTE:
+        return
+    import socket
+
+    path = str(zygote_socket_path())
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        return
+    except OSError:
+        pass
+    finally:
+        probe.close()
+    subprocess.Popen(
+        [sys.executable, "-m", "registry.zygote", "serve", path], env=subprocess_env(), cwd=str(settings.BASE_DIR),
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
