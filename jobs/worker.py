@@ -83,10 +83,15 @@ class NodeHeartbeat(threading.Thread):
         super().__init__(name="node-heartbeat", daemon=True)
         self.node = node
         self.stopping = threading.Event()
+        self.parent_pid = os.getppid()
 
     def run(self):
         try:
             while not self.stopping.wait(conf.HEARTBEAT_SECONDS):
+                if self.node.managed and os.getppid() != self.parent_pid:
+                    # The supervisor that started us is gone: leave (warm shutdown, a running job finishes).
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    self.parent_pid = os.getppid()
                 try:
                     self.node.beat()
                 except Exception:

@@ -23,8 +23,17 @@ def supervisor(worker_env):
     )
     yield proc
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+        proc.send_signal(signal.SIGTERM)  # stops the workers it started (their own sessions)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    for node in ClusterNode.objects.filter(managed=True).exclude(status=NodeStatus.STOPPED):
+        try:
+            os.kill(node.pid, signal.SIGKILL)  # a worker the supervisor could not stop must not outlive the test
+        except ProcessLookupError:
+            pass
 
 
 def test_it_starts_nodes_for_waiting_jobs_and_stops_them_when_idle(submit_script, cluster, supervisor, redis_conn):
@@ -52,3 +61,14 @@ def test_it_keeps_min_nodes_running_each_with_its_own_gpus_and_stops_them_with_i
     supervisor.wait(timeout=20)
     wait_for(lambda: not ClusterNode.objects.filter(cluster=cluster).alive().exists(), timeout=15,
              message="the supervisor's nodes to stop with it")
+
+
+def test_it_stops_its_nodes_when_the_supervisor_itself_is_killed(cluster, supervisor, redis_conn):
+    cluster.min_nodes = 1
+    cluster.save(update_fields=["min_nodes"])
+    wait_for(lambda: ClusterNode.objects.filter(cluster=cluster, status=NodeStatus.IDLE).count() == 1, timeout=60,
+             message="one idle node")
+    os.killpg(supervisor.pid, signal.SIGKILL)  # no chance to stop its workers
+    supervisor.wait(timeout=10)
+    wait_for(lambda: not ClusterNode.objects.filter(cluster=cluster).alive().exists(), timeout=20,
+             message="the orphaned node to leave")
