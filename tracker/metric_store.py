@@ -483,7 +483,9 @@ def chart_points(series, lo, hi, max_points):
     span = hi - lo + 1
     level = None
     for k in sorted(BUCKET_LEVELS, reverse=True):
-        if (span >> k) >= groups:
+        # The coarsest level with at least half as many buckets as intervals wanted: each bucket then
+        # gives its min and max (≤ N points in all) and a read touches at most ~N rows.
+        if (span >> k) >= groups // 2:
             level = k
             break
     finest = min(BUCKET_LEVELS)
