@@ -232,3 +232,19 @@ def warm_loader():
         [sys.executable, "-m", "registry.zygote", "serve", path], env=subprocess_env(), cwd=str(settings.BASE_DIR),
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
+
+
+def stop_loader():
+    """Stop the warm loader of this data dir, if one runs (it also exits by itself when idle)."""
+    import signal
+
+    pid_file = Path(str(zygote_socket_path()) + ".pid")
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except OSError:
+        return False
+    return True

@@ -28,6 +28,9 @@ def _serve_child(conn, request, pipe_fd, listener):
     pid = os.fork()
     if pid == 0:  # the child: becomes `python -m <module> <argv>`
         try:
+            import signal
+
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
             listener.close()
             conn.close()
             os.setsid()
@@ -61,6 +64,9 @@ def _serve_child(conn, request, pipe_fd, listener):
 
 
 def serve(path):
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the clean-up below
     for name in PRELOAD:
         try:
             __import__(name)
@@ -81,6 +87,8 @@ def serve(path):
     except OSError:
         return
     os.chmod(path, 0o600)
+    with open(path + ".pid", "w") as fh:
+        fh.write(str(os.getpid()))
     listener.listen(16)
     listener.settimeout(5)
     active = [0]
@@ -127,10 +135,11 @@ def serve(path):
             threading.Thread(target=wait_child, args=(conn, pid), daemon=True).start()
     finally:
         listener.close()
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+        for leftover in (path, path + ".pid"):
+            try:
+                os.unlink(leftover)
+            except OSError:
+                pass
 
 
 class ZygoteUnavailable(Exception):

@@ -72,6 +72,15 @@ def digits_run(run):
     return run
 
 
+@pytest.fixture(scope="session", autouse=True)
+def stop_warm_loader_at_the_end():
+    """The registry's warm loader outlives a test; stop the one these tests started."""
+    yield
+    from registry.workdir import stop_loader
+
+    stop_loader()
+
+
 @pytest.fixture
 def cluster(workspace):
     from jobs.models import ComputeCluster
