@@ -199,3 +199,9 @@ def test_it_shows_model_and_version_pages_in_constant_queries(digits_run, owner,
         assert client.get(f"/models/{v.model_id}/").status_code == 200
     with django_assert_max_num_queries(25):
         assert client.get(f"/models/{v.model_id}/versions/{v.version}/").status_code == 200
+
+
+def test_it_lists_recent_models_on_the_workspace_home(digits_run, version, owner, login):
+    page = login(owner).get("/w/vision/")
+    assert page.status_code == 200
+    assert b"Recent models" in page.content and b"pt-dnn" in page.content
