@@ -544,6 +544,28 @@ def resend_queued_tasks(older_than_seconds=30):
     return sent
 
 
+def fail_lost_tasks():
+    """Fail exports and "try it" requests still Running well past their time limit (their worker died).
+
+    Returns how many were failed. Terminal states are final, so a late worker cannot overwrite this.
+    """
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    failed = 0
+    for model, limit in ((OnnxExport, conf.EXPORT_TIMEOUT), (InferenceRequest, conf.INFERENCE_TIMEOUT)):
+        cutoff = timezone.now() - timedelta(seconds=limit + 300)
+        for task in model.objects.filter(status=TaskStatus.RUNNING, started_at__lt=cutoff):
+            failed += task.fail(f"The worker stopped answering: no result {limit + 300} s after the start.")
+    return failed
+
+
+def reconcile_tasks():
+    """What a periodic reconciler calls: resend lost queued jobs, fail runaway ones."""
+    return {"resent": resend_queued_tasks(), "failed": fail_lost_tasks()}
+
+
 def _check_cluster(cluster, workspace):
     if cluster is None or cluster.workspace_id != workspace.pk:
         raise RegistrationError("invalid_cluster", "pick a compute cluster of this workspace")

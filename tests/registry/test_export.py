@@ -177,3 +177,18 @@ def test_it_never_loads_an_untrusted_pickle_in_the_worker_either(run, owner, clu
     assert export.status == TaskStatus.FAILED
     assert "only when the version is trusted" in export.message
     assert not marker.exists()
+
+
+@pytest.mark.django_db
+def test_it_fails_an_export_whose_worker_died(digits_run, owner, cluster, redis_conn):
+    from django.utils import timezone
+
+    version = register_digits(digits_run, owner)
+    export = OnnxExport.objects.create(source_version=version, cluster=cluster, opset=18)
+    assert export.claim()
+    assert services.reconcile_tasks() == {"resent": 0, "failed": 0}
+    OnnxExport.objects.filter(pk=export.pk).update(started_at=timezone.now() - timedelta(days=1))
+    assert services.fail_lost_tasks() == 1
+    export.refresh_from_db()
+    assert export.status == TaskStatus.FAILED and "stopped answering" in export.message
+    assert not export.complete(result_version=version)  # a late worker cannot overwrite it
