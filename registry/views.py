@@ -365,3 +365,31 @@ def try_status(request, pk, request_id):
     return JsonResponse(
         {"id": found.pk, "status": found.status, "message": found.message, "result": found.result, "input": found.input_name}
     )
+
+
+@login_required
+@require_POST
+def model_describe(request, pk):
+    model = _get_model_for_user(request.user, pk, Role.CONTRIBUTOR)
+    description = request.POST.get("description", "")
+    if len(description) > 20000:
+        messages.error(request, "The description is longer than 20000 characters.")
+    else:
+        model.description = description
+        model.save(update_fields=["description", "updated_at"])
+        messages.success(request, "Description saved.")
+    return redirect("registry:model-detail", model.pk)
+
+
+@login_required
+@require_POST
+def version_describe(request, pk, version):
+    v = _get_version_for_user(request.user, pk, version, Role.CONTRIBUTOR)
+    description = request.POST.get("description", "")
+    if len(description) > 20000:
+        messages.error(request, "The description is longer than 20000 characters.")
+    else:
+        v.description = description
+        v.save(update_fields=["description"])  # the one content-free field a version may change
+        messages.success(request, "Description saved.")
+    return redirect("registry:version-detail", v.model_id, v.version)

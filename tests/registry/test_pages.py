@@ -205,3 +205,15 @@ def test_it_lists_recent_models_on_the_workspace_home(digits_run, version, owner
     page = login(owner).get("/w/vision/")
     assert page.status_code == 200
     assert b"Recent models" in page.content and b"pt-dnn" in page.content
+
+
+def test_it_edits_descriptions_but_nothing_else(version, owner, reader, login):
+    client = login(reader)
+    assert client.post(f"/models/{version.model_id}/versions/1/description/", {"description": "x"}).status_code == 403
+    client = login(owner)
+    client.post(f"/models/{version.model_id}/versions/1/description/", {"description": "best <b>so far</b>"})
+    client.post(f"/models/{version.model_id}/description/", {"description": "digits classifier"})
+    version.refresh_from_db()
+    version.model.refresh_from_db()
+    assert version.description == "best <b>so far</b>" and version.model.description == "digits classifier"
+    assert b"best &lt;b&gt;so far&lt;/b&gt;" in client.get(f"/models/{version.model_id}/versions/1/").content
