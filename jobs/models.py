@@ -322,6 +322,9 @@ class ClusterNode(models.Model):
         now = timezone.now()
         # Job nodes beat from the work horse itself: a hung or dead horse must look dead.
         ClusterNode.objects.filter(pk=self.pk).exclude(status=NodeStatus.STOPPED).update(last_heartbeat=now)
+        # Back after a network split or a long pause: reachable again.
+        ClusterNode.objects.filter(pk=self.pk, status=NodeStatus.UNREACHABLE, current_job__isnull=True).update(status=NodeStatus.IDLE)
+        ClusterNode.objects.filter(pk=self.pk, status=NodeStatus.UNREACHABLE, current_job__isnull=False).update(status=NodeStatus.BUSY)
         self.last_heartbeat = now
 
     def mark_busy(self, job):

@@ -126,3 +126,22 @@ def test_it_normalises_requirements_and_hashes_them_order_free():
     reqs = Environment.parse_requirements("# comment\nrequests>=2.0\n\nnumpy  # why\n")
     assert reqs == ["requests>=2.0", "numpy"]
     assert Environment.hash_requirements(reqs) == Environment.hash_requirements(["numpy", "requests>=2.0"])
+
+
+def test_it_marks_a_silent_worker_unreachable_and_reachable_again_when_it_beats(db, workspace):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from jobs.models import ClusterNode, NodeStatus
+    from jobs.reconciler import reconcile
+
+    cluster = ComputeCluster.objects.create(workspace=workspace, name="cpu")
+    node = ClusterNode.objects.create(cluster=cluster, name="n1", hostname="h", pid=1,
+                                      last_heartbeat=timezone.now() - timedelta(seconds=120))
+    assert reconcile(lost_after=30).unreachable_workers == ["n1"]
+    node.refresh_from_db()
+    assert node.status == NodeStatus.UNREACHABLE
+    node.beat()
+    node.refresh_from_db()
+    assert node.status == NodeStatus.IDLE
