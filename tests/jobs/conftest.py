@@ -28,11 +28,12 @@ def cluster(workspace):
 @pytest.fixture
 def worker_env(redis_url):
     """Environment for a worker subprocess: same data dir, the test database, this test's Redis."""
-    db_name = settings.DATABASES["default"]["NAME"]
+    from config.testing import subprocess_database_url
+
     env = dict(os.environ)
     env.update(
         TORCHLIGHT_DATA_DIR=str(settings.DATA_DIR),
-        DATABASE_URL=f"sqlite:///{db_name}",
+        DATABASE_URL=subprocess_database_url(),  # the test database, SQLite or PostgreSQL
         REDIS_URL=redis_url,
         TORCHLIGHT_HEARTBEAT_SECONDS="1",
         TORCHLIGHT_KILL_GRACE_SECONDS="3",
