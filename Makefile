@@ -45,10 +45,7 @@ PG_MARKERS ?= not browser
 # Tests whose worker subprocesses are still handed `DATABASE_URL=sqlite:///<NAME>`: on PostgreSQL the
 # worker opens an empty SQLite file and the test waits for it until it times out. Once they build the
 # URL with config.testing.subprocess_database_url() (or subprocess_env()), drop them from this list.
-PG_PENDING ?= tests/jobs/test_engine_commands.py tests/jobs/test_engine_distributed.py \
-	tests/jobs/test_engine_environments.py tests/jobs/test_engine_execution.py tests/jobs/test_engine_lifecycle.py \
-	tests/jobs/test_engine_supervisor.py tests/jobs/test_ui_end_to_end.py tests/registry/test_export.py \
-	tests/registry/test_commands.py
+PG_PENDING ?= tests/registry/test_export.py tests/registry/test_commands.py
 test-postgres: venv-test
 	@url=$$(.ci/postgres.sh start) || exit 1; \
 	echo "PostgreSQL pass: DATABASE_URL=$$url"; \

@@ -162,6 +162,8 @@ POLICY = {
     "registry:version-zip": page(pk="model"),
     "registry:export-request": page_post(pk="model"),
     "registry:try-request": page_post(pk="model"),
+    "registry:model-describe": page_post(pk="model"),
+    "registry:version-describe": page_post(pk="model"),
 }
 
 # Unnamed routes (the MLflow-compatible API) by where they are mounted.
