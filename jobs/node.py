@@ -276,8 +276,11 @@ class NodeExecution:
                 # Our worker is gone: behave like a dead node. The reconciler fails the run.
                 self.log.close()
                 os._exit(1)
-            self.post_process(outcome)
-            self.finish(outcome)
+            try:
+                self.post_process(outcome)
+                self.finish(outcome)
+            except Exception:  # e.g. the run was deleted meanwhile: still clean up below
+                logger.exception("job %s node %s could not finish", self.job.pk, self.job_node.node_rank)
             self.heartbeat.close()
             self.log.close()
             if self.token is not None:
