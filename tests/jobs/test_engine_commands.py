@@ -93,3 +93,13 @@ def test_it_reports_what_the_reconciler_did(db):
     out = io.StringIO()
     call_command("reconcile", stdout=out)
     assert "0 job nodes lost" in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--cluster", "nope"], "no cluster 'nope'"), (["--cluster", "cpu", "--gpus", "0;rm"], "--gpus must be")],
+)
+def test_it_refuses_to_start_a_worker_for_a_bad_cluster_or_gpu_list(cluster, args, message):
+    with pytest.raises(CommandError) as err:
+        call_command("worker", *args)
+    assert message in str(err.value)
