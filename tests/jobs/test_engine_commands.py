@@ -97,7 +97,7 @@ def test_it_reports_what_the_reconciler_did(db):
 
 @pytest.mark.parametrize(
     "args, message",
-    [(["--cluster", "nope"], "no cluster 'nope'"), (["--cluster", "cpu", "--gpus", "0;rm"], "--gpus must be")],
+    [(["--cluster", "nope"], "no cluster named 'nope'"), (["--cluster", "cpu", "--gpus", "0;rm"], "--gpus must be")],
 )
 def test_it_refuses_to_start_a_worker_for_a_bad_cluster_or_gpu_list(cluster, args, message):
     with pytest.raises(CommandError) as err:
