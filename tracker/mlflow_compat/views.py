@@ -503,9 +503,12 @@ def _points(items):
         if isinstance(value, float) and not math.isfinite(value):
             value = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
         raw_ts = item.get("timestamp")
-        ts = to_int(raw_ts, "timestamp") / 1000.0 if raw_ts not in (None, "") else None
-        raw_step = item.get("step")
-        step = to_int(raw_step, "step") if raw_step not in (None, "") else 0
+        if type(raw_ts) is not int:  # noqa: E721 (the common case first: a JSON integer)
+            raw_ts = to_int(raw_ts, "timestamp") if raw_ts not in (None, "") else None
+        ts = raw_ts / 1000.0 if raw_ts is not None else None
+        step = item.get("step")
+        if type(step) is not int:  # noqa: E721
+            step = to_int(step, "step") if step not in (None, "") else 0
         if step < 0:
             raise invalid(f"metric {key!r}: step must be 0 or more, got {step}")
         if ts is not None and ts < 0:
