@@ -95,8 +95,8 @@ def test_it_pages_metric_history_with_page_tokens(tracking, live_server, mlflow_
 
     experiment_id = mlflow.create_experiment("paging")
     run_id = tracking.create_run(experiment_id).info.run_id
-    # Two points at step 3: a page boundary between them must lose neither.
-    steps = [0, 1, 2, 3, 3, 4, 5]
+    # Four points at step 3: page boundaries between them (and a page that is all step 3) lose none.
+    steps = [0, 1, 2, 3, 3, 3, 3, 4, 5]
     tracking.log_batch(run_id, metrics=[Metric("m", float(i), 1000 + i, s) for i, s in enumerate(steps)])
     headers = {"Authorization": f"Bearer {mlflow_token}"}
     seen, token = [], None

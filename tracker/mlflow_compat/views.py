@@ -1,6 +1,7 @@
 """MLflow tracking endpoints: experiments, runs, params, tags, metrics (REST API 2.0 as mlflow 3.x calls it)."""
 
 import base64
+import itertools
 import json
 import math
 import random
@@ -684,34 +685,38 @@ def metric_history(request):
     start_step, skip = (token["step"], token["skip"]) if token else (None, 0)
     limit = None if max_results is None else max_results + skip + 1
     rows = metric_store.iter_points(series.pk, start_step=start_step, limit=limit)
-    return _history_response(key, rows, skip, max_results)
+    return _history_response(key, rows, start_step, skip, max_results)
 
 
-def _history_response(key, rows, skip, max_results):
-    """The history as JSON, written by hand: 100k points in a fraction of a second."""
+def _nonfinite(value):
+    return '"NaN"' if value != value else ('"Infinity"' if value > 0 else '"-Infinity"')
+
+
+def _history_response(key, rows, start_step, skip, max_results):
+    """The history as JSON, written by hand: 100k points in a fraction of a second.
+
+    `rows` starts at the page token's step; its first `skip` points were on the previous page.
+    """
+    start = itertools.islice(rows, skip, None if max_results is None else skip + max_results + 1)
+    page = list(start)
+    more = max_results is not None and len(page) > max_results
+    if more:
+        page = page[:max_results]
     key_json = json.dumps(key)
-    parts = []
-    last_step, same_step, count = None, 0, 0
-    more = False
-    for index, (step, value, ts, _epoch) in enumerate(rows):
-        if index < skip:
-            last_step, same_step = (step, same_step + 1) if step == last_step else (step, 1)
-            continue
-        if max_results is not None and count == max_results:
-            more = True
-            break
-        if value != value:
-            value_json = '"NaN"'
-        elif value in (math.inf, -math.inf):
-            value_json = '"Infinity"' if value > 0 else '"-Infinity"'
-        else:
-            value_json = repr(float(value))
-        parts.append(f'{{"key":{key_json},"value":{value_json},"timestamp":{int(round(ts * 1000))},"step":{step}}}')
-        last_step, same_step = (step, same_step + 1) if step == last_step else (step, 1)
-        count += 1
+    row = '{"key":' + key_json + ',"value":%s,"timestamp":%d,"step":%d}'
+    # v - v == 0 only for finite numbers: NaN and ±Inf go to their protobuf JSON strings.
+    parts = [row % (repr(v) if v - v == 0 else _nonfinite(v), ts * 1000 + 0.5, st) for st, v, ts, _e in page]
     body = '{"metrics":[' + ",".join(parts) + "]"
     if more:
-        body += f',"next_page_token":"{encode_token({"step": last_step, "skip": same_step})}"'
+        last_step = page[-1][0]
+        same = 0
+        for point in reversed(page):
+            if point[0] != last_step:
+                break
+            same += 1
+        if same == len(page) and skip and last_step == start_step:
+            same += skip  # the whole page sat on the token's step: count the earlier pages' points too
+        body += f',"next_page_token":"{encode_token({"step": last_step, "skip": same})}"'
     body += "}"
     response = JsonResponse({}, json_dumps_params={})
     response.content = body.encode()
