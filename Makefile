@@ -47,7 +47,7 @@ PG_MARKERS ?= not browser and not slow
 # Tests whose worker subprocesses are still handed `DATABASE_URL=sqlite:///<NAME>`: on PostgreSQL the
 # worker opens an empty SQLite file and the test waits for it until it times out. Once they build the
 # URL with config.testing.subprocess_database_url() (or subprocess_env()), drop them from this list.
-PG_PENDING ?= tests/registry/test_export.py tests/registry/test_commands.py
+PG_PENDING ?=
 test-postgres: venv-test
 	@url=$$(.ci/postgres.sh start) || exit 1; \
 	echo "PostgreSQL pass: DATABASE_URL=$$url"; \
@@ -59,7 +59,7 @@ test-postgres: venv-test
 	exit $$rc
 
 screenshots: venv-test chromium
-	$(BIN)/python -m pytest tests/browser/test_screenshots.py -p no:randomly $(PYTEST_ARGS)
+	TORCHLIGHT_WRITE_SCREENSHOTS=1 $(BIN)/python -m pytest tests/browser/test_screenshots.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf var/test var/test-postgres

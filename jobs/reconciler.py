@@ -29,6 +29,7 @@ class ReconcileReport:
     lost_nodes: list = field(default_factory=list)
     unreachable_workers: list = field(default_factory=list)
     enqueued_jobs: list = field(default_factory=list)
+    registry_tasks: dict = field(default_factory=dict)
 
     def __str__(self):
         return (f"{len(self.lost_nodes)} job nodes lost, {len(self.unreachable_workers)} workers unreachable, "
@@ -82,4 +83,9 @@ def reconcile(lost_after=None, now=None):
     for job_id in queued_jobs:
         if enqueue_job(job_id, only_missing=True):
             report.enqueued_jobs.append(job_id)
+
+    # Registry exports and "try it" requests are RQ jobs too: resend lost ones, fail runaway ones.
+    from registry.services import reconcile_tasks
+
+    report.registry_tasks = reconcile_tasks()
     return report

@@ -109,6 +109,10 @@ def run_worker(cluster, *, gpus="", burst=False, managed=False, redis_connection
     from config.redis import get_connection
 
     node = register_node(cluster, gpus=gpus, managed=managed)
+    # Import torch once in the registry's warm loader so the first ONNX export does not pay for it.
+    from registry.workdir import warm_loader
+
+    warm_loader()
     os.environ["TORCHLIGHT_WORKER_NODE_ID"] = str(node.pk)  # inherited by the work horse
     heartbeat = NodeHeartbeat(node)
     heartbeat.start()

@@ -53,6 +53,8 @@ def local_path(key):
     storage = artifact_storage()
     if not _is_local(storage):
         return None
+    if "\x00" in key:
+        raise StorageError("storage key contains a NUL byte")
     root = Path(storage.location).resolve()
     path = (root / key).resolve()
     if not path.is_relative_to(root) or path == root:

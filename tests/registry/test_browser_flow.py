@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
+from config.testing import subprocess_database_url
 from registry.models import ModelVersion
 
 CHROMIUM = "/usr/bin/chromium"
@@ -45,7 +46,7 @@ def page(live_server):
 
 @pytest.fixture
 def worker(cluster, redis_conn, redis_url):
-    env = dict(os.environ, TORCHLIGHT_DATA_DIR=str(settings.DATA_DIR), DATABASE_URL=f"sqlite:///{settings.DATABASES['default']['NAME']}")
+    env = dict(os.environ, TORCHLIGHT_DATA_DIR=str(settings.DATA_DIR), DATABASE_URL=subprocess_database_url())
     code = (
         "import django,os;os.environ.setdefault('DJANGO_SETTINGS_MODULE','config.settings');django.setup();"
         "from rq import Worker;from config.redis import get_connection;"

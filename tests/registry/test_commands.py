@@ -6,6 +6,7 @@ import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
 
+from config.testing import subprocess_database_url
 from registry.models import ModelVersion, OnnxExport
 
 pytestmark = pytest.mark.django_db
@@ -43,7 +44,7 @@ def test_it_exports_from_the_command_line_and_waits_for_a_real_worker(digits_run
         "register_model", "--run", str(digits_run.id), "--path", "outputs/model.pt", "--name", "pt-dnn",
         "--arch", "digits_model:DigitsCNN", "--arch-arg", "width=8", "--input-shape", "1,1,8,8",
     )
-    env = dict(os.environ, TORCHLIGHT_DATA_DIR=str(settings.DATA_DIR), DATABASE_URL=f"sqlite:///{settings.DATABASES['default']['NAME']}")
+    env = dict(os.environ, TORCHLIGHT_DATA_DIR=str(settings.DATA_DIR), DATABASE_URL=subprocess_database_url())
     code = (
         "import django,os;os.environ.setdefault('DJANGO_SETTINGS_MODULE','config.settings');django.setup();"
         "from rq import Worker;from config.redis import get_connection;"

@@ -11,6 +11,7 @@ import pytest
 import torch
 from django.conf import settings
 
+from config.testing import subprocess_database_url
 from registry import services, tasks
 from registry.models import ModelVersion, OnnxExport, TaskStatus
 from tests.registry.conftest import add_artifact, digits_model, state_dict_bytes
@@ -37,7 +38,7 @@ def run_worker_burst(queue, redis_url):
     )
     env = dict(os.environ)
     env["TORCHLIGHT_DATA_DIR"] = str(settings.DATA_DIR)
-    env["DATABASE_URL"] = f"sqlite:///{settings.DATABASES['default']['NAME']}"
+    env["DATABASE_URL"] = subprocess_database_url()
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc

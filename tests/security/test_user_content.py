@@ -83,11 +83,6 @@ def test_it_serves_api_artifact_downloads_as_attachments(client, owner, run, art
     assert response["X-Content-Type-Options"] == "nosniff"
 
 
-@pytest.mark.xfail(
-    reason="tracker/api/views.py artifact GET echoes the stored content type (text/html, image/svg+xml); "
-    "it should use tracker.views.download_content_type like the page download does",
-    strict=False,
-)
 @pytest.mark.parametrize("name", ["report.html", "plot.svg"])
 def test_it_never_labels_api_artifact_downloads_as_active_content(client, owner, run, artifacts, name):
     assert_not_renderable(api_get(client, owner, f"/api/v1/runs/{run.id}/artifacts/out/{name}"))

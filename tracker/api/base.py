@@ -67,11 +67,15 @@ def authenticate(request):
 
 
 def parse_json_body(request):
-    if not request.body:
-        return {}
     content_type = request.content_type or ""
     if content_type != "application/json":
+        # Check the type before touching request.body: a form body may already have
+        # been parsed (request.POST), after which reading the raw body raises.
+        if content_type in ("", "text/plain") and not request.META.get("CONTENT_LENGTH", "0").strip("0"):
+            return {}
         raise ApiError(415, "unsupported_media_type", "request bodies must be JSON (Content-Type: application/json)")
+    if not request.body:
+        return {}
     try:
         return json.loads(request.body)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -25,6 +25,7 @@ from tracker.api.base import (
 )
 from tracker.chart_views import ChartArgsError, csv_rows, parse_chart_args
 from tracker.models import Artifact, Experiment, MetricSeries, Role, Run, RunStatus
+from tracker.views import download_content_type
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
@@ -471,7 +472,8 @@ def artifact(request, run_id, path):
         if found is None:
             raise not_found("artifact")
         response = FileResponse(storage.open_blob(found.storage_key), as_attachment=True, filename=found.name)
-        response["Content-Type"] = found.content_type or "application/octet-stream"
+        # Never echo a stored text/html or image/svg+xml: the same rule as page downloads.
+        response["Content-Type"] = download_content_type(found)
         response["X-Content-SHA256"] = found.sha256
         return response
     run = api_get_run(request, run_id, min_role=Role.CONTRIBUTOR)

@@ -60,6 +60,7 @@ class Command(BaseCommand):
                     "--threads", "8",
                     "--timeout", "120",
                     "--access-logfile", "-",
+                    "--no-control-socket",  # its default path is per user: two copies side by side would clash
                 ],
                 env=env,
                 cwd=str(settings.BASE_DIR),
