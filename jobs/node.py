@@ -445,6 +445,10 @@ class NodeExecution:
         if job.submitted_by is not None:
             self.token, raw = ApiToken.mint(job.submitted_by, f"job {job.pk} node {self.job_node.node_rank}", run=self.run_obj)
             env["TORCHLIGHT_TOKEN"] = raw
+            # Scripts written for the mlflow client log into this same run, unchanged.
+            env["MLFLOW_TRACKING_URI"] = settings.SITE_URL
+            env["MLFLOW_TRACKING_TOKEN"] = raw
+            env["MLFLOW_RUN_ID"] = self.run_obj.pk.hex
         gpus = self.worker.gpus if self.worker is not None else ""
         if not job.use_gpu:
             env["CUDA_VISIBLE_DEVICES"] = ""

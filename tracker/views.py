@@ -325,7 +325,8 @@ def run_detail(request, run_id):
             "experiment": run.experiment,
             "run": run,
             "params": list(Param.objects.filter(run=run).order_by("key")),
-            "tags": list(RunTag.objects.filter(run=run).order_by("key")),
+            # mlflow.torchlight.* tags are the MLflow layer's bookkeeping (logged-model records), not user tags.
+            "tags": list(RunTag.objects.filter(run=run).exclude(key__startswith="mlflow.torchlight.").order_by("key")),
             "charts": charts,
             "children": list(Run.objects.filter(parent_run=run).order_by("created_at")[:100]),
             "artifact_tree": artifact_tree(artifacts),
