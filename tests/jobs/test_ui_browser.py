@@ -1,53 +1,21 @@
 """The job pages' scripts in a real browser: parameter rows, source switch, live log appended as text."""
 
-import os
-from pathlib import Path
 
 import pytest
 
 from jobs.models import ComputeCluster, Job, write_log
 from tracker.models import Run, RunStatus
 
-CHROMIUM = "/usr/bin/chromium"
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.browser,
     pytest.mark.slow,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing"),
 ]
 
 
-@pytest.fixture
-def page(live_server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                             args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
-        context = browser.new_context(base_url=live_server.url)
-        page = context.new_page()
-        page.set_default_timeout(20_000)
-        page.js_errors = []
-        page.on("pageerror", lambda exc: page.js_errors.append(str(exc)))
-        yield page
-        browser.close()
-
-
-def log_in(page, user):
-    from tests.conftest import PASSWORD
-
-    page.goto("/login/")
-    page.fill("#id_username", user.username)
-    page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(lambda url: "/login/" not in url)
-
-
-def test_it_edits_parameter_rows_switches_the_source_and_submits(page, contributor, workspace, experiment, redis_url):
+def test_it_edits_parameter_rows_switches_the_source_and_submits(page, log_in, contributor, workspace, experiment, redis_url):
     cluster = ComputeCluster.objects.create(workspace=workspace, name="cpu", max_nodes=2)
-    log_in(page, contributor)
+    log_in(contributor)
     page.goto(f"/w/{workspace.slug}/jobs/new")
     rows = page.locator('table[data-rows="script_args"] tr.row-item')
     before = rows.count()
@@ -73,7 +41,7 @@ def test_it_edits_parameter_rows_switches_the_source_and_submits(page, contribut
     assert page.js_errors == []
 
 
-def test_it_appends_new_log_lines_as_text_while_the_run_is_live(page, contributor, workspace, experiment, redis_url):
+def test_it_appends_new_log_lines_as_text_while_the_run_is_live(page, log_in, contributor, workspace, experiment, redis_url):
     from playwright.sync_api import expect
 
     from jobs.services import submit_job
@@ -82,7 +50,7 @@ def test_it_appends_new_log_lines_as_text_while_the_run_is_live(page, contributo
     job = submit_job(user=contributor, experiment=experiment, cluster=cluster, entry_script="train.py",
                      source_kind="example", example_name="digits", node_count=2)
     write_log(job.run_id, [{"node_rank": 0, "rank": 0, "text": "first line"}])
-    log_in(page, contributor)
+    log_in(contributor)
     page.goto(f"/runs/{job.run_id}/")
     log = page.locator("#job-log")
     log.get_by_text("first line").wait_for()

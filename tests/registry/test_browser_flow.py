@@ -2,7 +2,6 @@
 
 import hashlib
 import io
-import os
 import subprocess
 import sys
 import zipfile
@@ -11,42 +10,19 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from config.testing import subprocess_database_url
+from config.testing import subprocess_env
 from registry.models import ModelVersion
-
-CHROMIUM = "/usr/bin/chromium"
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.browser,
     pytest.mark.slow,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing"),
 ]
 
 
 @pytest.fixture
-def page(live_server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"],
-        )
-        context = browser.new_context(base_url=live_server.url, accept_downloads=True)
-        page = context.new_page()
-        page.set_default_timeout(30_000)
-        page.js_errors = []
-        page.on("pageerror", lambda exc: page.js_errors.append(str(exc)))
-        yield page
-        browser.close()
-
-
-@pytest.fixture
 def worker(cluster, redis_conn, redis_url):
-    env = dict(os.environ, TORCHLIGHT_DATA_DIR=str(settings.DATA_DIR), DATABASE_URL=subprocess_database_url())
+    env = subprocess_env()
     code = (
         "import django,os;os.environ.setdefault('DJANGO_SETTINGS_MODULE','config.settings');django.setup();"
         "from rq import Worker;from config.redis import get_connection;"
@@ -58,24 +34,14 @@ def worker(cluster, redis_conn, redis_url):
     proc.wait(timeout=30)
 
 
-def log_in(page, user):
-    from tests.conftest import PASSWORD
-
-    page.goto("/login/")
-    page.fill("#id_username", user.username)
-    page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(lambda url: "/login/" not in url)
-
-
 def downloaded_bytes(page, selector):
     with page.expect_download() as info:
         page.click(selector)
     return Path(info.value.path()).read_bytes()
 
 
-def test_it_registers_exports_and_downloads_in_the_browser(page, digits_run, owner, cluster, worker):
-    log_in(page, owner)
+def test_it_registers_exports_and_downloads_in_the_browser(page, log_in, digits_run, owner, cluster, worker):
+    log_in(owner)
     page.goto(f"/runs/{digits_run.id}/")
     panel = page.locator("#register-model")
     panel.locator('select[name="path"]').select_option("outputs/model.pt")

@@ -2,17 +2,14 @@
 
 import math
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import browser, log_in, page  # noqa: F401  (fixtures)
 from tracker import metric_store
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
-    pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="chromium is missing"),
 ]
 
 
@@ -30,7 +27,7 @@ GRAPH = "document.querySelector('.metric-chart .js-plotly-plot')"
 
 
 @pytest.mark.django_db(transaction=True)
-def test_it_draws_zooms_and_live_updates_a_big_series(page, log_in, owner, run):  # noqa: F811
+def test_it_draws_zooms_and_live_updates_a_big_series(page, log_in, owner, run):
     values = [math.sin(i / 500) for i in range(20_000)]
     values[5_000] = 25.0  # a spike the downsampling must keep
     values[7_000] = "NaN"
@@ -70,7 +67,7 @@ def test_it_draws_zooms_and_live_updates_a_big_series(page, log_in, owner, run):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_it_uses_webgl_beyond_5000_points(page, log_in, owner, run):  # noqa: F811
+def test_it_uses_webgl_beyond_5000_points(page, log_in, owner, run):
     metric_store.ingest(run, [{"key": "acc", "value": (i * 7919) % 101, "step": i} for i in range(6_000)])
     log_in(owner)
     page.goto(f"/runs/{run.id}/")
