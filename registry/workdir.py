@@ -206,6 +206,21 @@ def run_loader(module, command, spec, workdir, timeout, on_line=None):
     return result
 
 
+def stop_warm_loader():
+    """Stop this data dir's warm loader, if one runs (`manage.py up` calls this when it stops)."""
+    import signal
+
+    pid_file = Path(str(zygote_socket_path()) + ".pid")
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pid_file.unlink(missing_ok=True)
+
+
 def warm_loader():
     """Start the warm loader (torch imported once) in the background if none runs; returns at once.
 

@@ -89,6 +89,9 @@ class Command(BaseCommand):
                     child.wait(timeout=max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     child.kill()
+            from registry.workdir import stop_warm_loader
+
+            stop_warm_loader()  # workers start it; it goes with them
             if started_redis:
                 tl_redis.stop_embedded_redis()
             self.stdout.write("Torchlight stopped.")
