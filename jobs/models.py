@@ -73,10 +73,17 @@ class ComputeCluster(models.Model):
             return None
 
     def waiting_node_count(self):
-        """Job nodes of live runs on this cluster that no worker has claimed yet."""
-        return JobNode.objects.filter(
+        """Work on this cluster that no worker has taken yet: unclaimed job nodes of live runs,
+        plus queued registry tasks (ONNX exports, "try it"), which need a node just the same."""
+        from registry.models import InferenceRequest, OnnxExport, TaskStatus
+
+        job_nodes = JobNode.objects.filter(
             job__cluster=self, status=JobNodeStatus.PENDING, job__run__status__in=[RunStatus.QUEUED, RunStatus.PREPARING, RunStatus.SCALING]
         ).count()
+        registry_tasks = sum(
+            task.objects.filter(cluster=self, status=TaskStatus.QUEUED).count() for task in (OnnxExport, InferenceRequest)
+        )
+        return job_nodes + registry_tasks
 
 
 class Environment(models.Model):

@@ -193,3 +193,14 @@ def test_it_fails_an_export_whose_worker_died(digits_run, owner, cluster, redis_
     export.refresh_from_db()
     assert export.status == TaskStatus.FAILED and "stopped answering" in export.message
     assert not export.complete(result_version=version)  # a late worker cannot overwrite it
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_counts_a_queued_export_as_work_waiting_for_a_node(digits_run, owner, cluster):
+    # The supervisor scales a local cluster up on this count: an export must wake a node like a job does.
+    version = register_digits(digits_run, owner)
+    assert cluster.waiting_node_count() == 0
+    export = OnnxExport.objects.create(source_version=version, cluster=cluster, opset=18, requested_by=owner)
+    assert cluster.waiting_node_count() == 1
+    OnnxExport.objects.filter(pk=export.pk).update(status=TaskStatus.RUNNING)
+    assert cluster.waiting_node_count() == 0
