@@ -40,7 +40,7 @@ test: venv-test chromium lint test-sqlite test-postgres
 test-sqlite: venv-test chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-PG_TESTS ?= tests/tracker tests/jobs tests/registry
+PG_TESTS ?= tests/tracker tests/jobs tests/registry tests/security
 # Slow tests (real-worker lifecycles, ~5 min more on 2 cores) run on SQLite only by default, to keep CI well
 # under 20 minutes; `make test-postgres PG_MARKERS="not browser"` runs them on PostgreSQL too (they pass).
 PG_MARKERS ?= not browser and not slow

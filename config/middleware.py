@@ -97,3 +97,19 @@ class RequestSizeLimitMiddleware:
         return error(request, 400, "too_many_fields", f"the request has more than {limit} fields")
 
 
+
+
+class RejectNulBytesMiddleware:
+    """A NUL byte in the path or query string never names anything: 404 before any view runs.
+
+    PostgreSQL refuses NUL in text, so letting one reach a lookup would turn a
+    hostile URL into a 500 (SQLite would merely find nothing).
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if "\x00" in request.path or any("\x00" in key or "\x00" in value for key, value in request.GET.items()):
+            return error(request, 404, "not_found", "nothing here: the URL contains a NUL byte")
+        return self.get_response(request)

@@ -108,3 +108,15 @@ def test_it_fails_check_deploy_when_debug_is_on_in_production(tmp_path):
 def test_it_never_generates_a_secret_key_file_in_production(tmp_path):
     run_python(["manage.py", "check"], production_env(), tmp_path)
     assert not (tmp_path / "secret_key").exists()
+
+
+@pytest.mark.django_db
+def test_it_refuses_nul_bytes_in_urls_before_any_view(client, owner, run):
+    # PostgreSQL refuses NUL in text: without this gate a hostile URL would be a 500 there.
+    client.force_login(owner)
+    page = client.get(f"/runs/{run.id}/artifacts/?path=a%00b")
+    assert page.status_code == 404 and b"NUL" in page.content
+    api = client.get(f"/api/v1/runs/{run.id}/artifacts/a%00b")
+    assert api.status_code == 404
+    assert api.json()["error"]["code"] == "not_found"
+    assert client.get(f"/runs/{run.id}/").status_code == 200  # ordinary URLs are untouched
