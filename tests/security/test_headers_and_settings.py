@@ -120,3 +120,23 @@ def test_it_refuses_nul_bytes_in_urls_before_any_view(client, owner, run):
     assert api.status_code == 404
     assert api.json()["error"]["code"] == "not_found"
     assert client.get(f"/runs/{run.id}/").status_code == 200  # ordinary URLs are untouched
+
+
+@pytest.mark.django_db
+def test_it_refuses_nul_characters_in_json_bodies_with_a_clear_error(client, owner, run):
+    from tracker.models import ApiToken
+
+    _, raw = ApiToken.mint(owner, "nul test")
+    body = '{"points": [{"key": "loss\\u0000x", "value": 1.0, "step": 0}, {"key": "loss", "value": 2.0, "step": 0}]}'
+    response = client.post(
+        f"/api/v1/runs/{run.id}/metrics", body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {raw}"
+    )
+    assert response.status_code == 400
+    assert "NUL" in response.json()["error"]["message"]
+    assert not run.metric_series.exists()  # nothing half-stored
+    mlflow = client.post(
+        "/api/2.0/mlflow/experiments/create", '{"name": "a\\u0000b"}', content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {raw}",
+    )
+    assert mlflow.status_code == 400
+    assert mlflow.json()["error_code"] == "INVALID_PARAMETER_VALUE"

@@ -66,6 +66,25 @@ def authenticate(request):
     request.user = token.user
 
 
+def has_nul(value):
+    """True if a NUL character is anywhere in a parsed JSON value (keys included)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(has_nul(k) or has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(has_nul(item) for item in value)
+    return False
+
+
+def body_has_nul(body, data):
+    """NUL can only arrive in JSON as the escape \\u0000: a byte search first, a full walk only then.
+
+    PostgreSQL refuses NUL in text, so such a value must be a 400, not a 500 at the INSERT.
+    """
+    return b"\\u0000" in body and has_nul(data)
+
+
 def parse_json_body(request):
     content_type = request.content_type or ""
     if content_type != "application/json":
@@ -77,9 +96,12 @@ def parse_json_body(request):
     if not request.body:
         return {}
     try:
-        return json.loads(request.body)
+        data = json.loads(request.body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    if body_has_nul(request.body, data):
+        raise ApiError(400, "invalid_json", "strings may not contain NUL characters (\\u0000)")
+    return data
 
 
 def api_endpoint(methods=("GET",), json_body=True):

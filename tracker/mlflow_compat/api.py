@@ -21,6 +21,7 @@ from django.db import DatabaseError
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
+from tracker.api.base import body_has_nul
 from tracker.mlflow_compat import conf
 from tracker.mlflow_compat.errors import MlflowError, denied, error_response, invalid, not_found
 from tracker.models import ROLE_RANK, TERMINAL_STATUSES, ApiToken, Membership, Role, Workspace, hash_token
@@ -227,6 +228,8 @@ def _parse_body(request):
         raise MlflowError("BAD_REQUEST", f"the body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise MlflowError("BAD_REQUEST", "the body must be a JSON object")
+    if body_has_nul(request.body, data):
+        raise MlflowError("INVALID_PARAMETER_VALUE", "strings may not contain NUL characters (\\u0000)")
     return data
 
 
