@@ -44,7 +44,7 @@ from jobs.models import (
     SourceKind,
     write_log,
 )
-from tracker.models import ApiToken, Run, RunStatus
+from tracker.models import TERMINAL_STATUSES, ApiToken, Run, RunStatus
 
 logger = logging.getLogger("torchlight.jobs")
 
@@ -233,7 +233,7 @@ class NodeExecution:
     def check_still_wanted(self):
         """NodeStopped when the run ended, the job was canceled, or this attempt lost its slot."""
         status = self.run_status()
-        if status is None or status in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED):
+        if status is None or status in TERMINAL_STATUSES:
             raise NodeStopped(f"run is {status}")
         if Job.objects.filter(pk=self.job.pk, cancel_requested_at__isnull=False).exists():
             raise NodeStopped("canceled")

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from jobs import conf
 from jobs.models import JOB_NODE_ACTIVE, ClusterNode, Job, JobNode, JobNodeStatus, NodeStatus
-from tracker.models import Run, RunStatus
+from tracker.models import TERMINAL_STATUSES, Run, RunStatus
 
 logger = logging.getLogger("torchlight.jobs")
 
@@ -66,7 +66,7 @@ def reconcile(lost_after=None, now=None):
 
     # A live job whose cluster was deleted can never be picked up.
     orphaned = Job.objects.filter(cluster__isnull=True).exclude(
-        run__status__in=[RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED]
+        run__status__in=TERMINAL_STATUSES
     ).select_related("run")
     for job in orphaned:
         if not job.nodes.filter(status__in=JOB_NODE_ACTIVE).exists():
@@ -76,7 +76,7 @@ def reconcile(lost_after=None, now=None):
 
     queued_jobs = (
         Job.objects.filter(nodes__status=JobNodeStatus.PENDING, cancel_requested_at__isnull=True)
-        .exclude(run__status__in=[RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED])
+        .exclude(run__status__in=TERMINAL_STATUSES)
         .distinct()
         .values_list("pk", flat=True)
     )
