@@ -97,6 +97,13 @@ def test_it_rejects_junk_with_400_not_500(client, owner, run):
         {"run_id": run.id.hex, "metrics": [{"key": "a", "value": "abc", "timestamp": 0, "step": 0}]},
         {"run_id": run.id.hex, "metrics": [{"key": "a", "value": 1, "timestamp": "soon", "step": 0}]},
         {"run_id": run.id.hex, "metrics": [{"key": "a", "value": 1, "timestamp": 0, "step": -1}]},
+        # The fast path's shape (float value, int64s as protobuf JSON strings) with one thing wrong:
+        {"run_id": run.id.hex, "metrics": [{"key": "a", "value": 1.5, "timestamp": "0", "step": "-1"}]},
+        {"run_id": run.id.hex, "metrics": [{"key": "a", "value": 1.5, "timestamp": "soon", "step": "0"}]},
+        {"run_id": run.id.hex, "metrics": [{"key": " ", "value": 1.5, "timestamp": "0", "step": "0"}]},
+        {"run_id": run.id.hex, "metrics": [{"key": "bad\nkey", "value": 1.5, "timestamp": "0", "step": "0"}]},
+        {"run_id": run.id.hex, "metrics": [{"key": "good", "value": 1.5, "timestamp": "0", "step": "0"},
+                                           {"key": "a", "value": 1.5, "timestamp": "0", "step": "1.5"}]},
         {"run_id": run.id.hex, "metrics": "all of them"},
         {"run_id": run.id.hex, "params": [{"value": "no key"}]},
         {"run_id": run.id.hex, "tags": [{"key": "mlflow.torchlight.model.x", "value": "forged"}]},

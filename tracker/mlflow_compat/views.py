@@ -500,40 +500,71 @@ def _param_dict(items):
 
 
 def _points(items):
-    """Metric points for the metric store from MLflow metric objects; INVALID_PARAMETER_VALUE on junk."""
+    """Metric points for the metric store from MLflow metric objects; INVALID_PARAMETER_VALUE on junk.
+
+    The common item (finite float value, int64 step and timestamp as protobuf JSON writes them: strings)
+    becomes the store's compact [key, value, step, timestamp, epoch] list on a fast path; anything else
+    takes the full check below, which also words the errors.
+    """
     points = []
+    append = points.append
     for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise invalid(f"metric #{index} is not an object")
-        key = item.get("key")
-        if not isinstance(key, str) or not key.strip():
-            raise invalid(f"metric #{index} has no key")
-        value = item.get("value")
-        if isinstance(value, str) and value not in ("NaN", "Infinity", "-Infinity"):
-            try:
-                value = float(value)
-            except ValueError:
-                raise invalid(f"metric {key!r}: value {value!r} is not a number") from None
-        elif value is None or isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise invalid(f"metric {key!r}: value {value!r} is not a number")
-        if isinstance(value, float) and not math.isfinite(value):
-            value = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-        raw_ts = item.get("timestamp")
-        if type(raw_ts) is not int:  # noqa: E721 (the common case first: a JSON integer)
-            raw_ts = to_int(raw_ts, "timestamp") if raw_ts not in (None, "") else None
-        ts = raw_ts / 1000.0 if raw_ts is not None else None
-        step = item.get("step")
-        if type(step) is not int:  # noqa: E721
-            step = to_int(step, "step") if step not in (None, "") else 0
-        if step < 0:
-            raise invalid(f"metric {key!r}: step must be 0 or more, got {step}")
-        if ts is not None and ts < 0:
-            raise invalid(f"metric {key!r}: timestamp must be unix milliseconds, got {raw_ts}")
-        point = {"key": key, "value": value, "step": step, "timestamp": ts}
-        if item.get("model_id"):
-            point["model_id"] = item["model_id"]
-        points.append(point)
+        if type(item) is dict and "model_id" not in item:
+            key, value, raw_ts, step = item.get("key"), item.get("value"), item.get("timestamp"), item.get("step")
+            if (
+                type(key) is str
+                and type(value) is float
+                and value - value == 0
+                and type(raw_ts) in _INT_TYPES
+                and type(step) in _INT_TYPES
+            ):
+                try:
+                    step, raw_ts = int(step), int(raw_ts)
+                except ValueError:
+                    pass
+                else:
+                    if step >= 0 and raw_ts >= 0 and key.strip():
+                        append([key, value, step, raw_ts / 1000.0, None])
+                        continue
+        append(_point(index, item))
     return points
+
+
+_INT_TYPES = (int, str)
+
+
+def _point(index, item):
+    """One MLflow metric object, checked in full, as a metric store point dict."""
+    if not isinstance(item, dict):
+        raise invalid(f"metric #{index} is not an object")
+    key = item.get("key")
+    if not isinstance(key, str) or not key.strip():
+        raise invalid(f"metric #{index} has no key")
+    value = item.get("value")
+    if isinstance(value, str) and value not in ("NaN", "Infinity", "-Infinity"):
+        try:
+            value = float(value)
+        except ValueError:
+            raise invalid(f"metric {key!r}: value {value!r} is not a number") from None
+    elif value is None or isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise invalid(f"metric {key!r}: value {value!r} is not a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        value = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    raw_ts = item.get("timestamp")
+    if type(raw_ts) is not int:  # noqa: E721 (the common case first: a JSON integer)
+        raw_ts = to_int(raw_ts, "timestamp") if raw_ts not in (None, "") else None
+    ts = raw_ts / 1000.0 if raw_ts is not None else None
+    step = item.get("step")
+    if type(step) is not int:  # noqa: E721
+        step = to_int(step, "step") if step not in (None, "") else 0
+    if step < 0:
+        raise invalid(f"metric {key!r}: step must be 0 or more, got {step}")
+    if ts is not None and ts < 0:
+        raise invalid(f"metric {key!r}: timestamp must be unix milliseconds, got {raw_ts}")
+    point = {"key": key, "value": value, "step": step, "timestamp": ts}
+    if item.get("model_id"):
+        point["model_id"] = item["model_id"]
+    return point
 
 
 def _same(a, b):
@@ -548,7 +579,7 @@ def _without_model_copies(run, points):
     """
     kept = []
     for point in points:
-        model_id = point.pop("model_id", None)
+        model_id = point.pop("model_id", None) if type(point) is dict else None
         if model_id:
             value = float(point["value"]) if isinstance(point["value"], str) else point["value"]
             existing = metric_store.read_history(run, point["key"], start_step=point["step"], end_step=point["step"])
