@@ -241,3 +241,113 @@ def parse_value(raw):
         if word in ("-infinity", "-inf"):
             return -math.inf
     raise ValueError(f"{raw!r} is not a number (use a number or \"NaN\", \"Infinity\", \"-Infinity\")")
+
+
+# --- column-wise aggregation (large batches; numpy) ----------------------------------
+#
+# The same aggregates as `aggregate` + `coarsen`, on numpy columns: a dict of arrays
+# "bucket", "count", "nonfinite", "has_min", "min_step", "min_value", "min_ts",
+# "min_epoch", the same four for "max", "has_nf" and the four "nf" columns. Raw points
+# are items of one point each, so every level is the reduction of the finer one.
+
+_POINT_FIELDS = ("step", "value", "ts", "epoch")
+
+
+def aggregate_columns(step, value, ts, epoch, levels):
+    """[(level, column aggregates)] for points given as numpy arrays (epoch NaN = none), levels ascending."""
+    import numpy as np
+
+    finite = np.isfinite(value)
+    point = dict(zip(_POINT_FIELDS, (step, value, ts, epoch), strict=True))
+    items = {"bucket": step, "count": np.ones(len(step), np.int64), "nonfinite": (~finite).astype(np.int64),
+             "has_min": finite, "has_nf": ~finite}  # fmt: skip
+    for side in ("min", "max", "nf"):
+        items.update((f"{side}_{name}", column) for name, column in point.items())
+    out = []
+    prev = 0
+    for level in levels:
+        items = _reduce(items, level - prev)
+        prev = level
+        out.append((level, items))
+    return out
+
+
+def _first_per_group(groups, mask, primary, step):
+    """(group ids, item indices): per group, the masked item with the lowest `primary`, ties → lowest step."""
+    import numpy as np
+
+    sel = np.flatnonzero(mask)
+    if not len(sel):
+        return sel, sel
+    keys = (step[sel], groups[sel]) if primary is None else (step[sel], primary[sel], groups[sel])
+    order = np.lexsort(keys)
+    ordered = groups[sel][order]
+    first = np.empty(len(ordered), dtype=bool)
+    first[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    return ordered[first], sel[order[first]]
+
+
+def _reduce(items, shift):
+    import numpy as np
+
+    coarse = items["bucket"] >> shift
+    if len(coarse) < 2 or (coarse[1:] >= coarse[:-1]).all():  # steps in order: no sort needed
+        starts = np.empty(len(coarse), dtype=bool)
+        starts[:1] = True
+        np.not_equal(coarse[1:], coarse[:-1], out=starts[1:])
+        buckets = coarse[starts]
+        groups = np.cumsum(starts) - 1
+    else:
+        buckets, groups = np.unique(coarse, return_inverse=True)
+    n = len(buckets)
+    out = {
+        "bucket": buckets,
+        "count": np.bincount(groups, weights=items["count"], minlength=n).astype(np.int64),
+        "nonfinite": np.bincount(groups, weights=items["nonfinite"], minlength=n).astype(np.int64),
+    }
+    picks = {
+        "min": _first_per_group(groups, items["has_min"], items["min_value"], items["min_step"]),
+        "max": _first_per_group(groups, items["has_min"], -items["max_value"], items["max_step"]),
+        "nf": _first_per_group(groups, items["has_nf"], None, items["nf_step"]),
+    }
+    for side, (where, pick) in picks.items():
+        present = np.zeros(n, dtype=bool)
+        present[where] = True
+        out["has_nf" if side == "nf" else "has_min"] = present
+        for name in _POINT_FIELDS:
+            column = items[f"{side}_{name}"]
+            target = np.zeros(n, dtype=column.dtype)
+            target[where] = column[pick]
+            out[f"{side}_{name}"] = target
+    return out
+
+
+def nullable_list(column, null):
+    """column.tolist() with None where the boolean mask `null` is set (NaN → SQL NULL)."""
+    if not null.any():
+        return column.tolist()
+    if null.all():
+        return [None] * len(column)
+    out = column.tolist()
+    import numpy as np
+
+    for i in np.flatnonzero(null).tolist():
+        out[i] = None
+    return out
+
+
+def agg_columns(items, series_id, level):
+    """Lists series_id, level, bucket, count, nonfinite_count, min_*, max_*, nf_* of column aggregates."""
+    import numpy as np
+
+    n = len(items["bucket"])
+    no_min, no_nf = ~items["has_min"], ~items["has_nf"]
+    columns = [[series_id] * n, [level] * n, items["bucket"].tolist(),
+               items["count"].tolist(), items["nonfinite"].tolist()]  # fmt: skip
+    for side, missing in (("min", no_min), ("max", no_min), ("nf", no_nf)):
+        for name in _POINT_FIELDS:
+            column = items[f"{side}_{name}"]
+            null = missing | np.isnan(column) if name in ("value", "epoch") else missing
+            columns.append(nullable_list(column, null))
+    return columns

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from django.db import IntegrityError, connection, transaction
 
 from tracker import downsample as ds
-from tracker.models import BUCKET_LEVELS, IngestBatch, MetricSeries
+from tracker.models import BUCKET_LEVELS, IngestBatch, MetricSeries, Run
 
 MAX_KEY_LENGTH = 250
 MAX_STEP = 2**63 - 1
@@ -149,9 +149,8 @@ def ingest(run, points, idempotency_key=None):
         raise BatchTooLarge(f"a batch holds at most {MAX_POINTS_PER_BATCH} points (got {len(points)})")
     now = time.time()
     errors = []
-    good = []
+    by_key = {}
     good_keys = set()
-    append = good.append
     for index, point in enumerate(points):
         # Fast path for the client's compact form with plain floats and ints; anything else is checked in full.
         if type(point) is list and len(point) == 5:
@@ -165,14 +164,80 @@ def ingest(run, points, idempotency_key=None):
                 and 0.0 <= ts < _INF
                 and (epoch is None or (type(epoch) is float and -_INF < epoch < _INF))
             ):
-                append((key, step, value, ts, epoch))
+                by_key[key].append((step, value, ts, epoch))
                 continue
         parsed = validate_point(index, point, now, good_keys)
         if type(parsed) is dict:
             errors.append(parsed)
         else:
-            append(parsed)
+            key, step, value, ts, epoch = parsed
+            group = by_key.get(key)
+            if group is None:
+                group = by_key[key] = []
+            group.append((step, value, ts, epoch))
+    return _commit(run, {key: batch_of(group) for key, group in by_key.items()}, errors, idempotency_key)
 
+
+def ingest_packed(run, packed, idempotency_key=None):
+    """Store points decoded from the packed wire format (tracker.client.wire.PackedPoints), validated column-wise.
+
+    Same answer and error codes as `ingest`; step -1 means "none" and epoch NaN means "no epoch".
+    """
+    import numpy as np
+
+    n = len(packed)
+    if n > MAX_POINTS_PER_BATCH:
+        raise BatchTooLarge(f"a batch holds at most {MAX_POINTS_PER_BATCH} points (got {n})")
+    key_index = np.frombuffer(packed.key_index, dtype=np.uint32)
+    value = np.frombuffer(packed.value, dtype=np.float64)
+    step = np.frombuffer(packed.step, dtype=np.int64)
+    ts = np.frombuffer(packed.timestamp, dtype=np.float64)
+    epoch = np.frombuffer(packed.epoch, dtype=np.float64)
+    key_problems = [_key_problem(0, key) for key in packed.keys]
+    checks = [
+        (np.flatnonzero(step < -1), "invalid_step", "step must be between 0 and 2^63-1 (or -1: none), got {step}"),
+        (np.flatnonzero(~(np.isfinite(ts) & (ts >= 0))), "invalid_timestamp",
+         "timestamp must be a finite number of unix seconds"),
+        (np.flatnonzero(np.isinf(epoch)), "invalid_epoch", "epoch must be a finite number"),
+    ]  # fmt: skip
+    if any(key_problems):
+        bad_keys = np.array([p is not None for p in key_problems], dtype=bool)
+        checks.insert(0, (np.flatnonzero(bad_keys[key_index]), None, None))
+    bad = {}
+    for indices, code, message in checks:
+        for i in indices.tolist():
+            if i in bad:
+                continue  # one error per point: the first problem, in the JSON path's order
+            if code is None:
+                problem = key_problems[key_index[i]]
+                bad[i] = _error(i, problem["code"], problem["message"])
+            else:
+                bad[i] = _error(i, code, message.format(step=int(step[i])))
+    errors = [bad[i] for i in sorted(bad)]
+    if bad:
+        good = np.ones(n, dtype=bool)
+        good[list(bad)] = False
+        key_index, value, step, ts, epoch = (a[good] for a in (key_index, value, step, ts, epoch))
+    groups = {}
+    if len(key_index):
+        used = np.unique(key_index)
+        for k in used.tolist():
+            pick = (key_index == k) if len(used) > 1 else slice(None)
+            columns = (step[pick], value[pick], ts[pick], epoch[pick])
+            if len(columns[0]) < SMALL_BATCH:
+                groups[packed.keys[k]] = SmallBatch(
+                    [
+                        (None if s < 0 else s, v, t, None if e != e else e)
+                        for s, v, t, e in zip(*(c.tolist() for c in columns), strict=True)
+                    ]
+                )
+            else:
+                groups[packed.keys[k]] = ArrayBatch(*columns)
+    return _commit(run, groups, errors, idempotency_key)
+
+
+def _commit(run, groups, errors, idempotency_key):
+    """Store the validated `groups` and record the idempotency key, in one transaction."""
     with transaction.atomic():
         batch = None
         if idempotency_key:
@@ -182,7 +247,7 @@ def ingest(run, points, idempotency_key=None):
             except IntegrityError:
                 first = IngestBatch.objects.get(run=run, key=str(idempotency_key)[:200])
                 return IngestResult(stored=first.stored, errors=first.errors, duplicate=True)
-        stored = _store(run, good) if good else 0
+        stored = _store(run, groups) if groups else 0
         if batch is not None:
             batch.stored = stored
             batch.errors = errors
@@ -190,132 +255,278 @@ def ingest(run, points, idempotency_key=None):
     return IngestResult(stored=stored, errors=errors)
 
 
-def _series_for(run, keys):
-    """{key: MetricSeries} for `keys`, created when missing, locked for this transaction."""
-    existing = set(MetricSeries.objects.filter(run=run, key__in=keys).values_list("key", flat=True))
-    missing = [MetricSeries(run=run, key=k) for k in keys if k not in existing]
-    if missing:
-        MetricSeries.objects.bulk_create(missing, ignore_conflicts=True)
-    return {s.key: s for s in MetricSeries.objects.select_for_update().filter(run=run, key__in=keys)}
+# --- write path ----------------------------------------------------------------
+#
+# Raw DB-API cursors and hand-written SQL throughout: this path runs once per
+# batch of up to 50,000 points, and once per point for MLflow's log_metric, so
+# Django's per-statement overhead would be a large share of the cost.
+
+SMALL_BATCH = 256  # fewer points per series than this: plain Python beats numpy's per-call cost
+
+_SERIES_COLUMNS = "id, key, count, nonfinite_count, min_value, max_value, first_timestamp, max_step"
+_POINT_INSERT = ("INSERT INTO tracker_metricpoint (series_id, step, value, timestamp, epoch) VALUES", "")
+# Rows per multi-row INSERT: one statement of many rows costs a third of as many one-row
+# executions (sqlite3 binds and steps each executemany row separately), within SQLite's
+# 32,766 parameters.
+PARAMS_PER_STATEMENT = 2500
+_WINS = {
+    # When the batch's aggregate (excluded) replaces the stored one; full ties keep the stored
+    # one (the earlier point), as a recount in read order would.
+    "min": "excluded.min_step IS NOT NULL AND (b.min_step IS NULL OR excluded.min_value < b.min_value "
+           "OR (excluded.min_value = b.min_value AND excluded.min_step < b.min_step))",
+    "max": "excluded.max_step IS NOT NULL AND (b.max_step IS NULL OR excluded.max_value > b.max_value "
+           "OR (excluded.max_value = b.max_value AND excluded.max_step < b.max_step))",
+    "nf": "excluded.nf_step IS NOT NULL AND (b.nf_step IS NULL OR excluded.nf_step < b.nf_step)",
+}  # fmt: skip
+# One upsert per bucket merges the batch's aggregate into the stored one in SQL (every SET
+# expression sees the row before the update), so no bucket is read back into Python.
+_BUCKET_UPSERT = (
+    f"INSERT INTO tracker_metricbucket AS b (series_id, level, bucket, {', '.join(BUCKET_COLUMNS)}) VALUES",
+    "ON CONFLICT (series_id, level, bucket) DO UPDATE SET "
+    "count = b.count + excluded.count, nonfinite_count = b.nonfinite_count + excluded.nonfinite_count, "
+    + ", ".join(
+        f"{c} = CASE WHEN {_WINS[c.split('_')[0]]} THEN excluded.{c} ELSE b.{c} END" for c in BUCKET_COLUMNS[2:]
+    )
+)
 
 
-def _store(run, good):
-    by_key = {}
-    for key, step, value, ts, epoch in good:
-        bucket = by_key.get(key)
-        if bucket is None:
-            bucket = by_key[key] = []
-        bucket.append((step, value, ts, epoch))
-    series_map = _series_for(run, list(by_key))
+def _sql(query):
+    """`query` with the connection's placeholder style (the raw sqlite3 cursor takes `?`)."""
+    return query.replace("%s", "?") if connection.vendor == "sqlite" else query
 
-    rows = []
-    per_series = []
-    for key, pts in by_key.items():
-        series = series_map[key]
-        if any(p[0] is None for p in pts):
-            next_step = (series.max_step + 1) if series.max_step is not None else 0
-            resolved = []
-            for step, value, ts, epoch in pts:
-                if step is None:
-                    step = next_step
-                if step >= next_step:
-                    next_step = step + 1 if step < MAX_STEP else step
-                resolved.append((step, value, ts, epoch))
-        else:
-            resolved = pts
-        sid = series.pk
-        rows.extend([(sid, s, (v if v == v else None), t, e) for s, v, t, e in resolved])
-        per_series.append((series, resolved))
 
-    # The raw DB-API cursor: Django's wrapper adds nothing here but per-call overhead.
+def _raw_cursor():
+    # The DB-API cursor itself: Django's wrapper adds nothing here but per-call overhead.
     connection.ensure_connection()
-    raw = connection.connection.cursor()
+    return connection.connection.cursor()
+
+
+def _lock_series(cursor, run, keys):
+    """{key: [id, key, count, nonfinite_count, min_value, max_value, first_timestamp, max_step]}, created when
+    missing, locked for this transaction (SQLite: the IMMEDIATE transaction holds the write lock already)."""
+    run_id = Run._meta.pk.get_db_prep_value(run.pk, connection)
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    marks = ", ".join(["%s"] * len(keys))
+    select = _sql(f"SELECT {_SERIES_COLUMNS} FROM tracker_metricseries WHERE run_id = %s AND key IN ({marks}){lock}")
+    cursor.execute(select, [run_id, *keys])
+    found = {row[1]: list(row) for row in cursor.fetchall()}
+    missing = [k for k in keys if k not in found]
+    if missing:
+        # New series are rare (a key's first batch): the ORM fills in what the model derives from the run.
+        MetricSeries.objects.bulk_create([MetricSeries(run=run, key=k) for k in missing], ignore_conflicts=True)
+        marks = ", ".join(["%s"] * len(missing))
+        select = f"SELECT {_SERIES_COLUMNS} FROM tracker_metricseries WHERE run_id = %s AND key IN ({marks}){lock}"
+        cursor.execute(_sql(select), [run_id, *missing])
+        found.update((row[1], list(row)) for row in cursor.fetchall())
+    return found
+
+
+def _store(run, groups):
+    """Store `groups` ({key: SmallBatch | ArrayBatch}) in this transaction; returns the number of points stored."""
+    cursor = _raw_cursor()
     try:
-        if connection.vendor == "postgresql" and hasattr(raw, "copy"):
-            # PostgreSQL: COPY streams the rows in one statement (psycopg 3), far faster than INSERTs.
-            with raw.copy("COPY tracker_metricpoint (series_id, step, value, timestamp, epoch) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-        else:
-            q = "?" if connection.vendor == "sqlite" else "%s"
-            raw.executemany(
-                f"INSERT INTO tracker_metricpoint (series_id, step, value, timestamp, epoch) "
-                f"VALUES ({q}, {q}, {q}, {q}, {q})",
-                rows,
-            )
+        series = _lock_series(cursor, run, list(groups))
+        bucket_params = []
+        stored = 0
+        for key, batch in groups.items():
+            row = series[key]
+            batch.resolve_steps(row[7])
+            _insert_points(cursor, row[0], batch)
+            _update_summary(cursor, row, batch.summary())
+            bucket_params += batch.bucket_params(row[0])
+            stored += len(batch)
+        _insert_rows(cursor, *_BUCKET_UPSERT, 3 + len(BUCKET_COLUMNS), bucket_params)
     finally:
-        raw.close()
-    with connection.cursor() as cursor:
-        for series, resolved in per_series:
-            _update_series(series, resolved)
-            _update_buckets(cursor, series.pk, resolved)
-    return len(rows)
+        cursor.close()
+    return stored
 
 
-def _update_series(series, points):
-    """Fold a batch into the series summary (one UPDATE per series per batch)."""
-    finite = [p[1] for p in points if math.isfinite(p[1])]
-    last = None
-    for p in points:  # highest step wins; among equal steps, the later point
-        if last is None or p[0] >= last[0]:
-            last = p
-    series.count += len(points)
-    series.nonfinite_count += len(points) - len(finite)
-    if finite:
-        lo, hi = min(finite), max(finite)
-        series.min_value = lo if series.min_value is None else min(series.min_value, lo)
-        series.max_value = hi if series.max_value is None else max(series.max_value, hi)
-    first_ts = min(p[2] for p in points)
-    series.first_timestamp = first_ts if series.first_timestamp is None else min(series.first_timestamp, first_ts)
-    if series.max_step is None or last[0] >= series.max_step:
-        series.max_step = last[0]
-        series.last_step = last[0]
-        series.last_value = last[1] if last[1] == last[1] else None
-        series.last_timestamp = last[2]
-        series.last_epoch = last[3]
-    series.save(
-        update_fields=[
-            "count", "nonfinite_count", "min_value", "max_value", "first_timestamp",
-            "max_step", "last_step", "last_value", "last_timestamp", "last_epoch",
-        ]  # fmt: skip
-    )
+def _insert_points(cursor, series_id, batch):
+    params = batch.point_params(series_id)
+    if connection.vendor == "postgresql" and hasattr(cursor, "copy"):
+        # PostgreSQL: COPY streams the rows in one statement (psycopg 3), far faster than INSERTs.
+        with cursor.copy("COPY tracker_metricpoint (series_id, step, value, timestamp, epoch) FROM STDIN") as copy:
+            for row in zip(*[iter(params)] * 5, strict=True):
+                copy.write_row(row)
+    else:
+        _insert_rows(cursor, *_POINT_INSERT, 5, params)
 
 
-def _update_buckets(cursor, series_id, points):
-    """Merge the batch's aggregates into the touched buckets of every level (upsert per bucket)."""
-    p = _placeholder()
-    cols = ", ".join(BUCKET_COLUMNS)
-    select = (
-        f"SELECT bucket, {cols} FROM tracker_metricbucket "
-        f"WHERE series_id = {p} AND level = {p} AND bucket BETWEEN {p} AND {p}"
-    )
-    upsert = (
-        f"INSERT INTO tracker_metricbucket (series_id, level, bucket, {cols}) "
-        f"VALUES ({', '.join([p] * (3 + len(BUCKET_COLUMNS)))}) "
-        f"ON CONFLICT (series_id, level, bucket) DO UPDATE SET "
-        + ", ".join(f"{c} = excluded.{c}" for c in BUCKET_COLUMNS)
-    )
-    aggs = None
-    prev = 0
-    rows = []
-    for level in BUCKET_LEVELS:
-        aggs = ds.aggregate(points, level) if aggs is None else ds.coarsen(aggs, level - prev)
-        prev = level
-        cursor.execute(select, [series_id, level, min(aggs), max(aggs)])
-        merged = dict(aggs)  # the batch's own aggs stay untouched: the next level coarsens them
-        for row in cursor.fetchall():
-            agg = aggs.get(row[0])
-            if agg is not None:
-                stored = list(row[1:])
-                if stored[ds.NF_STEP] is not None and stored[ds.NF_VALUE] is None:
-                    stored[ds.NF_VALUE] = math.nan
-                merged[row[0]] = ds.merge_into(list(agg), stored)
-        for b, agg in merged.items():
-            nf_value = agg[ds.NF_VALUE]
-            rows.append(
-                (series_id, level, b, *agg[:11], None if nf_value is not None and nf_value != nf_value else nf_value, agg[12], agg[13])
-            )
-    cursor.executemany(upsert, rows)
+def _insert_rows(cursor, head, tail, width, params):
+    """Run `head VALUES (…), (…) tail` over `params` (rows of `width` values, flattened), many rows a statement."""
+    per_statement = max(1, PARAMS_PER_STATEMENT // width) * width
+    row = "(" + ", ".join(["%s"] * width) + ")"
+    full = None
+    for start in range(0, len(params), per_statement):
+        chunk = params[start : start + per_statement]
+        if len(chunk) == per_statement:
+            if full is None:
+                full = _sql(f"{head} {', '.join([row] * (per_statement // width))} {tail}")
+            cursor.execute(full, chunk)
+        else:
+            cursor.execute(_sql(f"{head} {', '.join([row] * (len(chunk) // width))} {tail}"), chunk)
+
+
+def _interleave(columns):
+    """Equal-length columns → one flat row-major list of parameters."""
+    width, n = len(columns), len(columns[0])
+    flat = [None] * (width * n)
+    for i, column in enumerate(columns):
+        flat[i::width] = column
+    return flat
+
+
+def _update_summary(cursor, row, summary):
+    """Fold a batch's summary into the series row (one UPDATE per series per batch)."""
+    sid, _key, count, nonfinite, lo, hi, first_ts, max_step = row
+    n, n_nonfinite, batch_lo, batch_hi, batch_first_ts, last = summary
+    if batch_lo is not None:
+        lo = batch_lo if lo is None else min(lo, batch_lo)
+        hi = batch_hi if hi is None else max(hi, batch_hi)
+    first_ts = batch_first_ts if first_ts is None else min(first_ts, batch_first_ts)
+    values = [count + n, nonfinite + n_nonfinite, lo, hi, first_ts]
+    sets = "count = %s, nonfinite_count = %s, min_value = %s, max_value = %s, first_timestamp = %s"
+    if max_step is None or last[0] >= max_step:
+        last_value = last[1] if last[1] == last[1] else None
+        values += [last[0], last[0], last_value, last[2], last[3]]
+        sets += ", max_step = %s, last_step = %s, last_value = %s, last_timestamp = %s, last_epoch = %s"
+    cursor.execute(_sql(f"UPDATE tracker_metricseries SET {sets} WHERE id = %s"), [*values, sid])
+
+
+def _next_steps(steps, next_step):
+    """Steps with None replaced by one past the highest step so far (in batch order)."""
+    resolved = []
+    for step in steps:
+        if step is None:
+            step = next_step
+        if step >= next_step:
+            next_step = step + 1 if step < MAX_STEP else step
+        resolved.append(step)
+    return resolved
+
+
+class SmallBatch:
+    """A few points of one series as (step|None, value, timestamp, epoch) tuples, folded in plain Python."""
+
+    def __init__(self, points):
+        self.points = points
+
+    def __len__(self):
+        return len(self.points)
+
+    def resolve_steps(self, max_step):
+        if any(p[0] is None for p in self.points):
+            steps = _next_steps([p[0] for p in self.points], 0 if max_step is None else max_step + 1)
+            self.points = [(s, *p[1:]) for s, p in zip(steps, self.points, strict=True)]
+
+    def point_params(self, series_id):
+        return [x for s, v, t, e in self.points for x in (series_id, s, (v if v == v else None), t, e)]
+
+    def summary(self):
+        """(count, non-finite count, min, max, first timestamp, last point) of the batch."""
+        points = self.points
+        finite = [p[1] for p in points if math.isfinite(p[1])]
+        last = points[0]
+        for p in points:  # highest step wins; among equal steps, the later point
+            if p[0] >= last[0]:
+                last = p
+        lo, hi = (min(finite), max(finite)) if finite else (None, None)
+        return len(points), len(points) - len(finite), lo, hi, min(p[2] for p in points), last
+
+    def bucket_params(self, series_id):
+        rows = []
+        aggs = None
+        prev = 0
+        for level in BUCKET_LEVELS:
+            aggs = ds.aggregate(self.points, level) if aggs is None else ds.coarsen(aggs, level - prev)
+            prev = level
+            for b, agg in aggs.items():
+                nf_value = agg[ds.NF_VALUE]
+                if nf_value is not None and nf_value != nf_value:
+                    nf_value = None  # NaN is stored as NULL
+                rows += (series_id, level, b, *agg[:11], nf_value, agg[12], agg[13])
+        return rows
+
+
+class ArrayBatch:
+    """Many points of one series as numpy columns (step -1 = none, epoch NaN = none), folded vectorised."""
+
+    def __init__(self, step, value, timestamp, epoch):
+        self.step, self.value, self.timestamp, self.epoch = step, value, timestamp, epoch
+
+    @classmethod
+    def from_tuples(cls, points):
+        import numpy as np
+
+        n = len(points)
+        return cls(
+            np.fromiter((-1 if p[0] is None else p[0] for p in points), np.int64, n),
+            np.fromiter((p[1] for p in points), np.float64, n),
+            np.fromiter((p[2] for p in points), np.float64, n),
+            np.fromiter((math.nan if p[3] is None else p[3] for p in points), np.float64, n),
+        )
+
+    def __len__(self):
+        return len(self.step)
+
+    def resolve_steps(self, max_step):
+        import numpy as np
+
+        missing = self.step < 0
+        if not missing.any():
+            return
+        first = 0 if max_step is None else max_step + 1
+        if first > MAX_STEP - len(self) or self.step.max() > MAX_STEP - len(self):
+            # Near 2**63 the int64 arithmetic below would overflow: the plain loop caps instead.
+            steps = [None if s < 0 else s for s in self.step.tolist()]
+            self.step = np.array(_next_steps(steps, first), dtype=np.int64)
+            return
+        # next_i = max(first, max over explicit j < i of step_j + 1 - nones_before_j) + nones_before_i
+        nones_before = np.cumsum(missing) - missing
+        floor = np.where(missing, first, self.step + 1 - nones_before)
+        running = np.maximum.accumulate(np.r_[first, floor[:-1]])
+        self.step = np.where(missing, running + nones_before, self.step)
+
+    def point_params(self, series_id):
+        import numpy as np
+
+        return _interleave(
+            [
+                [series_id] * len(self),
+                self.step.tolist(),
+                ds.nullable_list(self.value, np.isnan(self.value)),
+                self.timestamp.tolist(),
+                ds.nullable_list(self.epoch, np.isnan(self.epoch)),
+            ]
+        )
+
+    def summary(self):
+        import numpy as np
+
+        n = len(self)
+        finite = np.isfinite(self.value)
+        n_finite = int(np.count_nonzero(finite))
+        if n_finite == n:
+            lo, hi = float(self.value.min()), float(self.value.max())
+        elif n_finite:
+            lo, hi = float(self.value[finite].min()), float(self.value[finite].max())
+        else:
+            lo = hi = None
+        i = n - 1 - int(np.argmax(self.step[::-1]))  # highest step; among equal steps, the later point
+        epoch = float(self.epoch[i])
+        last = (int(self.step[i]), float(self.value[i]), float(self.timestamp[i]), None if epoch != epoch else epoch)
+        return n, n - n_finite, lo, hi, float(self.timestamp.min()), last
+
+    def bucket_params(self, series_id):
+        params = []
+        for level, aggs in ds.aggregate_columns(self.step, self.value, self.timestamp, self.epoch, BUCKET_LEVELS):
+            params += _interleave(ds.agg_columns(aggs, series_id, level))
+        return params
+
+
+def batch_of(points):
+    """The batch class that folds `points` ((step|None, value, timestamp, epoch) tuples) fastest."""
+    return SmallBatch(points) if len(points) < SMALL_BATCH else ArrayBatch.from_tuples(points)
 
 
 def get_series(run, key):
