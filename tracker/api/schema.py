@@ -230,6 +230,15 @@ CHART_PARAMS = [
 ]
 
 
+PACKED_POINTS = "application/vnd.torchlight.points"
+PACKED_LAYOUT = (
+    "Little-endian, no padding: magic b'TLP1', n_keys uint32, n_points uint32, n_keys x (uint16 byte length, "
+    "UTF-8 key), then n_points x each of key_index uint32, value float64 (NaN/±Inf as IEEE values), step int64 "
+    "(-1: none), timestamp float64 (unix seconds), epoch float64 (NaN: none). Same answer as a JSON body; a "
+    "malformed body is 400 invalid_body (tracker.client.wire encodes and decodes it)."
+)
+
+
 def op(summary, responses, parameters=None, request_body=None, tag="runs", description=None):
     operation = {"summary": summary, "tags": [tag], "responses": responses}
     if parameters:
@@ -372,17 +381,30 @@ PATHS = {
         "post": op(
             "Ingest a batch of metric points (≤ 50,000); bad items reported, good ones stored",
             {**ok(ref("IngestResult")), **errors("400", "401", "403", "404", "413", "415")},
-            [RUN_ID],
-            body(
+            [
+                RUN_ID,
                 {
-                    "type": "object",
-                    "properties": {
-                        "points": {"type": "array", "items": ref("MetricPoint"), "maxItems": 50000},
-                        "idempotency_key": {"type": "string", "maxLength": 200},
+                    "name": "Idempotency-Key", "in": "header", "required": False,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                    "description": "packed bodies only (a JSON body carries idempotency_key)",
+                },
+            ],
+            {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "points": {"type": "array", "items": ref("MetricPoint"), "maxItems": 50000},
+                                "idempotency_key": {"type": "string", "maxLength": 200},
+                            },
+                            "required": ["points"],
+                        }
                     },
-                    "required": ["points"],
-                }
-            ),
+                    PACKED_POINTS: {"schema": {"type": "string", "format": "binary", "description": PACKED_LAYOUT}},
+                },
+            },
             tag="metrics",
         ),
     },

@@ -22,8 +22,10 @@ from tracker.api.base import (
     api_get_workspace,
     json_response,
     not_found,
+    parse_json_body,
 )
 from tracker.chart_views import ChartArgsError, csv_rows, parse_chart_args
+from tracker.client import wire
 from tracker.models import Artifact, Experiment, MetricSeries, Role, Run, RunStatus
 from tracker.views import download_content_type
 
@@ -373,24 +375,48 @@ def run_progress(request, run_id):
 # --- metrics ---------------------------------------------------------------------
 
 
-@api_endpoint(methods=("GET", "POST"))
+@api_endpoint(methods=("GET", "POST"), json_body=False)
 def run_metrics(request, run_id):
     if request.method == "GET":
         run = api_get_run(request, run_id)
         return json_response({"metrics": [series_json(s) for s in MetricSeries.objects.filter(run=run)]})
     run = api_get_run(request, run_id, min_role=Role.CONTRIBUTOR)
+    try:
+        if request.content_type == wire.CONTENT_TYPE:
+            result = _ingest_packed(request, run)
+        else:
+            result = _ingest_json(request, run)
+    except metric_store.BatchTooLarge as exc:
+        raise ApiError(413, "batch_too_large", str(exc))
+    return json_response({"stored": result.stored, "errors": result.errors, "duplicate": result.duplicate})
+
+
+def _valid_idempotency_key(key):
+    if key is not None and (not isinstance(key, str) or not key or len(key) > 200):
+        raise ApiError(400, "invalid_body", "idempotency_key must be a string of 1 to 200 characters")
+    return key
+
+
+def _ingest_json(request, run):
+    request.json = parse_json_body(request)
     body = _body_dict(request)
     points = body.get("points")
     if not isinstance(points, list):
         raise ApiError(400, "invalid_body", "points must be a list of {key, value, step, timestamp, epoch}")
-    key = body.get("idempotency_key")
-    if key is not None and (not isinstance(key, str) or not key or len(key) > 200):
-        raise ApiError(400, "invalid_body", "idempotency_key must be a string of 1 to 200 characters")
+    key = _valid_idempotency_key(body.get("idempotency_key"))
+    return metric_store.ingest(run, points, idempotency_key=key)
+
+
+def _ingest_packed(request, run):
+    """The packed body (tracker.client.wire): arrays decoded without a per-point parse, key in a header."""
+    key = _valid_idempotency_key(request.headers.get("Idempotency-Key"))
     try:
-        result = metric_store.ingest(run, points, idempotency_key=key)
-    except metric_store.BatchTooLarge as exc:
-        raise ApiError(413, "batch_too_large", str(exc))
-    return json_response({"stored": result.stored, "errors": result.errors, "duplicate": result.duplicate})
+        packed = wire.decode_points(request.body, max_points=metric_store.MAX_POINTS_PER_BATCH)
+    except wire.TooManyPoints as exc:
+        raise metric_store.BatchTooLarge(str(exc)) from None
+    except wire.WireFormatError as exc:
+        raise ApiError(400, "invalid_body", f"the packed body is malformed: {exc}") from None
+    return metric_store.ingest_packed(run, packed, idempotency_key=key)
 
 
 def _encode_token(step, pk):
