@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import tracker.client as tl
+from tracker.client import wire
 from tracker.client.transport import Transport, retry_after_seconds
 from tracker.models import ApiToken, Artifact, IngestBatch, MetricPoint, Param, Run, RunStatus, RunTag
 
@@ -91,7 +92,7 @@ def test_it_keeps_training_when_the_server_is_down_and_syncs_later(live_server, 
     peak = 0
     for step in range(6000):
         run.log_metric("loss", float(step), step=step)
-        peak = max(peak, len(run._sender.points))
+        peak = max(peak, run._sender.buffered)
     run.set_tag("where", "offline")
     run.finish("completed", timeout=5)
     assert peak <= 2000  # the in-memory buffer stays bounded
@@ -115,12 +116,18 @@ def test_it_keeps_training_when_the_server_is_down_and_syncs_later(live_server, 
 
 
 class FlakyProxy(http.server.BaseHTTPRequestHandler):
-    """Forwards to the live server, but answers 503 to the first `fail` metric posts after forwarding them."""
+    """Forwards to the live server, but answers 503 to the first `fail` metric posts after forwarding them.
+
+    With `refuse_packed` it answers 415 to packed metric posts without forwarding them, as a server
+    older than the packed format does (the live server may take them by now).
+    """
 
     upstream = None
     fail = 2
     retry_after = None
+    refuse_packed = False  # answer 415 to packed metrics, as a server older than the format does
     seen = []
+    content_types = []
 
     def log_message(self, *args):
         pass
@@ -128,6 +135,10 @@ class FlakyProxy(http.server.BaseHTTPRequestHandler):
     def _forward(self):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
+        if self.path.endswith("/metrics") and self.command == "POST":
+            type(self).content_types.append(self.headers.get("Content-Type"))
+            if self.refuse_packed and self.headers.get("Content-Type") != "application/json":
+                return self._answer(415, b'{"error": {"code": "unsupported_media_type", "message": "JSON only"}}')
         req = urllib.request.Request(self.upstream + self.path, data=body, method=self.command,
                                      headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
         try:
@@ -137,12 +148,16 @@ class FlakyProxy(http.server.BaseHTTPRequestHandler):
             status, data, ctype = exc.code, exc.read(), exc.headers.get("Content-Type", "")
         is_metrics = self.path.endswith("/metrics") and self.command == "POST"
         if is_metrics:
-            type(self).seen.append((time.monotonic(), json.loads(body)["idempotency_key"]))
+            key = self.headers.get("Idempotency-Key") or json.loads(body)["idempotency_key"]
+            type(self).seen.append((time.monotonic(), key))
             if type(self).fail > 0:
                 type(self).fail -= 1
                 status, data, ctype = 503, b'{"error": {"code": "unavailable", "message": "try later"}}', "application/json"
+        self._answer(status, data, ctype, retry_after=is_metrics and status == 503 and self.retry_after is not None)
+
+    def _answer(self, status, data, ctype="application/json", retry_after=False):
         self.send_response(status)
-        if is_metrics and status == 503 and self.retry_after is not None:
+        if retry_after:
             self.send_header("Retry-After", str(self.retry_after))
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
@@ -157,7 +172,9 @@ def flaky(live_server):
     FlakyProxy.upstream = live_server.url
     FlakyProxy.fail = 2
     FlakyProxy.retry_after = None
+    FlakyProxy.refuse_packed = False
     FlakyProxy.seen = []
+    FlakyProxy.content_types = []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FlakyProxy)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -172,7 +189,8 @@ def test_it_stores_a_batch_retried_after_two_503s_once(flaky, token, tmp_path):
         run.log_metric("loss", float(step), step=step)
     assert run.flush(timeout=30)
     keys = [k for _t, k in FlakyProxy.seen]
-    assert len(keys) == 3 and len(set(keys)) == 1  # the same batch, three times
+    # The same batch, three times (a fourth, as JSON, when the server answered 415 to the packed third).
+    assert len(keys) == 3 + (not run.transport.packed_metrics) and len(set(keys)) == 1
     assert [s for s, _ in history(run.id, "loss")] == list(range(100))  # stored once
     assert IngestBatch.objects.filter(run_id=run.id).count() == 1
     run.finish()
@@ -185,7 +203,7 @@ def test_it_honours_retry_after(flaky, token, tmp_path):
     run.transport.backoff = 0.01
     run.log_metric("loss", 1.0)
     assert run.flush(timeout=30)
-    (t1, _), (t2, _) = FlakyProxy.seen
+    (t1, _), (t2, _) = FlakyProxy.seen[:2]  # the 503, then the retry (and a JSON resend on a 415)
     assert t2 - t1 >= 0.9
     assert retry_after_seconds("3") == 3.0 and retry_after_seconds("junk") is None
     run.finish()
@@ -266,3 +284,98 @@ def test_it_refuses_a_bad_url_and_bad_status_clearly(token):
     with pytest.raises(ValueError):
         run.finish("done")
     assert os.environ.get("RANK") is None
+
+
+def test_it_falls_back_to_json_for_a_server_without_the_packed_format(flaky, token, tmp_path):
+    FlakyProxy.fail = 0
+    FlakyProxy.refuse_packed = True
+    run = tl.start_run(experiment="old-server", url=flaky, token=token, spool_dir=tmp_path / "s", batch_size=100,
+                       flush_interval=0.05)  # fmt: skip
+    for step in range(250):
+        run.log_metrics({"loss": float(step), "nan": float("nan")}, step=step)
+    run.finish()
+    assert [s for s, _ in history(run.id, "loss")] == list(range(250))
+    assert history(run.id, "nan")[:2] == [(0, None), (1, None)]
+    # One packed attempt refused; the refused batch and every later one went as JSON (remembered for the session).
+    assert FlakyProxy.content_types[0] == wire.CONTENT_TYPE and run.transport.packed_metrics is False
+    assert set(FlakyProxy.content_types[1:]) == {"application/json"} and len(FlakyProxy.content_types) >= 6
+    assert not list((tmp_path / "s").glob("*.jsonl")) and run.stats["refused"] == 0
+
+
+def test_it_replays_a_spool_written_by_the_json_client_and_by_this_one(live_server, token, tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    run_id = "5f0c3d1e-0000-4000-8000-000000000001"
+    old_entries = [  # exactly what the client wrote before the packed format
+        {"op": "create_run", "run_id": run_id, "server": live_server.url,
+         "body": {"id": run_id, "name": "old", "params": {}, "tags": {}, "experiment": "replayed"}},
+        {"op": "metrics", "run_id": run_id, "server": live_server.url, "idempotency_key": "old-batch-1",
+         "points": [["loss", 0.5, 0, 1700000000.0, None], ["loss", "NaN", 1, 1700000001.0, 1.0]]},
+    ]  # fmt: skip
+    (spool / "00000000000000000001-1-old.jsonl").write_text("".join(json.dumps(e) + "\n" for e in old_entries))
+    down = tl.Run(run_id, Transport(f"http://127.0.0.1:{free_port()}"), spool_dir=spool, flush_interval=0.05,
+                  replay_on_start=False)  # fmt: skip
+    down.transport.backoff = 0.001
+    for step in range(2, 500):
+        down.log_metric("loss", float(step), step=step)
+    down.close(timeout=5)
+    spooled = [json.loads(line) for f in sorted(spool.glob("*.jsonl")) for line in f.read_text().splitlines()]
+    assert any("packed" in e for e in spooled)  # this client spools packed batches
+    assert tl.sync(spool, url=live_server.url, token=token) == (len(spooled), 0, 0)
+    assert [s for s, _ in history(run_id, "loss")] == list(range(500))
+    assert history(run_id, "loss")[1] == (1, None)
+    # Replaying the same entries again stores nothing twice (idempotency keys).
+    (spool / "00000000000000000001-1-old.jsonl").write_text("".join(json.dumps(e) + "\n" for e in spooled))
+    assert tl.sync(spool, url=live_server.url, token=token) == (len(spooled), 0, 0)
+    assert MetricPoint.objects.filter(series__run_id=run_id).count() == 500
+
+
+def test_it_refuses_bad_metric_arguments_clearly_and_queues_nothing(live_server, token, tmp_path):
+    run = tl.start_run(experiment="bad-args", url=live_server.url, token=token, spool_dir=tmp_path / "s")
+    run.log_metric("loss", 1.0, step=5)
+    bad = [
+        lambda: run.log_metric("", 1.0),
+        lambda: run.log_metric(7, 1.0),
+        lambda: run.log_metric("loss", "high"),
+        lambda: run.log_metric("loss", None),
+        lambda: run.log_metric("loss", 1.0, epoch=[1]),
+        lambda: run.log_metrics({"loss": None}),
+        lambda: run.log_metric("loss", 1.0, step=-3),
+        lambda: run.log_metric("loss", 1.0, step=2**63),
+        lambda: run.log_metric("loss", 1.0, step=2.5),
+        lambda: run.log_metric("loss", 1.0, step="x"),
+        lambda: run.log_metric("loss", 1.0, epoch="first"),
+        lambda: run.log_metrics({"loss": 1.0}, step=-1),
+        lambda: run.log_metrics({"loss": 1.0}, step=1.5),
+        lambda: run.log_metrics({"loss": 1.0}, epoch="x"),
+    ]
+    for call in bad:
+        with pytest.raises(ValueError):
+            call()
+    assert run._sender.buffered == 1
+    run.log_metric("loss", 2.0)  # auto step: one past the highest, unaffected by the refused calls
+    run.log_metric("loss", 3.0, step=7.0)  # an integral float is a step
+    run.finish()
+    assert history(run.id, "loss") == [(5, 1.0), (6, 2.0), (7, 3.0)]
+
+
+def test_it_keeps_points_of_concurrent_logging_threads_apart(live_server, token, tmp_path):
+    run = tl.start_run(experiment="threads", url=live_server.url, token=token, spool_dir=tmp_path / "s",
+                       batch_size=700, flush_interval=0.01)  # fmt: skip
+
+    def log(name):
+        for step in range(3000):
+            run.log_metric(name, float(step), step=step, epoch=-float(step))
+            run.log_metrics({f"{name}/a": float(step), f"{name}/b": -float(step)}, step=step)
+
+    threads = [threading.Thread(target=log, args=(f"t{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    run.finish()
+    for i in range(4):
+        assert history(run.id, f"t{i}") == [(s, float(s)) for s in range(3000)]
+        assert history(run.id, f"t{i}/b") == [(s, -float(s)) for s in range(3000)]
+    epochs = MetricPoint.objects.filter(series__run_id=run.id, series__key="t0").values_list("step", "epoch")
+    assert all(epoch == -step for step, epoch in epochs)

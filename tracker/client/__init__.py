@@ -16,13 +16,14 @@ TORCHLIGHT_RUN_ID (inside a job: `active_run()` attaches to that run),
 TORCHLIGHT_SPOOL_DIR (default ~/.torchlight/spool), RANK (processes with
 RANK != 0 log nothing unless `log_all_ranks=True`).
 
-Delivery: a background thread sends batches of up to 10,000 points, each
-with an idempotency key (a retried batch is stored once), retrying with
-jittered exponential backoff that honours Retry-After. When the server is
+Delivery: a background thread sends batches of up to 10,000 points in a
+packed binary format (JSON to servers older than it), each with an
+idempotency key (a retried batch is stored once), retrying with jittered
+exponential backoff that honours Retry-After. When the server is
 unreachable, batches go to an on-disk spool (JSONL) which is replayed when the
 server answers again, on the next start, or by `python -m tracker.client sync
 DIR`. Memory is bounded: at most `max_buffer` points (default 100,000, about
-15 MB) wait in memory; beyond that the oldest batch moves to the spool.
+12 MB) wait in memory; beyond that the oldest batch moves to the spool.
 Everything is flushed on exit (atexit) and on SIGTERM (the previous handler
 is chained); outside a job an unfinished run is then finished: completed,
 failed after an uncaught exception, canceled on SIGTERM.
@@ -49,6 +50,9 @@ __all__ = [
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = ("completed", "failed", "canceled")
+MAX_STEP = 2**63 - 1
+
+_time = time.time
 
 _current = None
 _lock = threading.Lock()
@@ -81,7 +85,7 @@ class Run:
         self.in_job = in_job
         self.info = info or {}
         self.finished = False
-        self._steps = {}
+        self._keys = {}  # metric key -> [index in the sender's key table, highest step logged]
         self._sender = None
         if enabled:
             self.spool = Spool(spool_dir)
@@ -89,6 +93,7 @@ class Run:
                 transport, self.id, self.spool, batch_size=batch_size, max_buffer=max_buffer,
                 flush_interval=flush_interval, replay_dir=self.spool.dir if replay_on_start else None,
             )  # fmt: skip
+            self._rows = self._sender.rows
             self._sender.start()
             _install_exit_hooks()
 
@@ -106,29 +111,75 @@ class Run:
                         ("canceled" if exc_type is KeyboardInterrupt else "completed"))
         return False
 
-    # -- metrics: a deque append, ≈1 µs, no I/O --
+    # -- metrics: one list.extend, no I/O; the sender thread packs and sends --
 
     def log_metric(self, key, value, step=None, epoch=None, timestamp=None):
-        """Queue one metric point. step None: one past this key's last step. NaN/±Inf are kept as such."""
+        """Queue one metric point. step None: one past this key's last step. NaN/±Inf are kept as such.
+
+        Raises ValueError for a key that is not a non-empty string, a value
+        or epoch that is not a number, a step that is not an integer in
+        0 … 2**63-1.
+        """
         if not self.enabled:
             return
-        value = float(value)
-        last = self._steps.get(key, -1)
+        try:  # free in the common case (Python 3.11 zero-cost try)
+            value = float(value)
+            if epoch is not None:
+                epoch = float(epoch)
+        except TypeError:
+            raise ValueError(f"value and epoch must be numbers, got {value!r} and {epoch!r}") from None
+        state = self._keys.get(key) or self._new_key(key)
         if step is None:
-            step = last + 1
+            step = state[1] + 1
         elif type(step) is not int:
-            step = int(step)
-        if step > last:
-            self._steps[key] = step
-        self._sender.log_point((key, value, step, timestamp or time.time(), epoch))
+            step = _step(step)
+        if step > state[1]:
+            if step > MAX_STEP:
+                raise ValueError(f"step must be at most 2**63-1, got {step}")
+            state[1] = step
+        elif step < 0:
+            raise ValueError(f"step must be ≥ 0, got {step}")
+        rows = self._rows
+        rows.extend((state[0], value, step, timestamp or _time(), epoch))
+        if len(rows) >= self._sender.wake_at:
+            self._sender.buffer_filled()
 
     def log_metrics(self, metrics, step=None, epoch=None):
-        """Queue several metrics at the same step (and epoch)."""
+        """Queue several metrics at the same step (and epoch) and timestamp. step None: per key, as log_metric."""
         if not self.enabled:
             return
-        now = time.time()
-        for key, value in metrics.items():
-            self.log_metric(key, value, step=step, epoch=epoch, timestamp=now)
+        if step is not None:
+            if type(step) is not int:
+                step = _step(step)
+            if not 0 <= step <= MAX_STEP:
+                raise ValueError(f"step must be in 0 … 2**63-1, got {step}")
+        try:
+            if epoch is not None:
+                epoch = float(epoch)
+        except TypeError:
+            raise ValueError(f"epoch must be a number, got {epoch!r}") from None
+        now = _time()
+        keys = self._keys
+        extend = self._rows.extend
+        for key, value in metrics.items():  # log_metric's body, inlined: a call per key would double the cost
+            try:
+                value = float(value)
+            except TypeError:
+                raise ValueError(f"the value of {key!r} must be a number, got {value!r}") from None
+            state = keys.get(key) or self._new_key(key)
+            point_step = state[1] + 1 if step is None else step
+            if point_step > state[1]:
+                state[1] = point_step
+            extend((state[0], value, point_step, now, epoch))
+        if len(self._rows) >= self._sender.wake_at:
+            self._sender.buffer_filled()
+
+    def _new_key(self, key):
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"a metric key must be a non-empty string, got {key!r}")
+        if len(key.encode("utf-8")) > 0xFFFF:
+            raise ValueError("a metric key must be shorter than 64 KiB")
+        return self._keys.setdefault(key, [self._sender.key_index(key), -1])
 
     # -- params, tags, progress: sent in the background, spooled when offline --
 
@@ -228,6 +279,17 @@ class Run:
         """Counters: points sent, points spooled, requests refused."""
         s = self._sender
         return {"sent": s.sent_points, "spooled": s.spooled_points, "refused": s.refused} if s else {}
+
+
+def _step(step):
+    """An integral step given as another type (numpy int, a float like 3.0), as int; ValueError otherwise."""
+    try:
+        as_int = int(step)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"step must be an integer, got {step!r}") from None
+    if as_int != step:
+        raise ValueError(f"step must be an integer, got {step!r}")
+    return as_int
 
 
 def _text(value):

@@ -1,18 +1,26 @@
 """The background sender and the on-disk spool.
 
-The training loop only appends to an in-memory deque (`Sender.log_point`);
-a daemon thread drains it in batches of up to `batch_size` points, each with
-its own idempotency key, and retries with backoff. When the server stays
+The training loop only extends a flat in-memory list, five items per point
+(key index, value, step, timestamp, epoch; `Run.log_metric`). A daemon
+thread takes the oldest points in batches of up to `batch_size`, packs each
+batch in the binary wire format (`tracker.client.wire`: one struct.pack per
+column, no per-point Python code) with its own idempotency key, and sends
+it, retrying with backoff. A server that answers 415 to the packed body (one
+older than the format) gets JSON from then on. When the server stays
 unreachable the batch goes to the spool (JSONL files under
-`~/.torchlight/spool` or TORCHLIGHT_SPOOL_DIR) and later batches go there
-directly until a probe succeeds; the spool is replayed then, on the next
-start, or by `python -m tracker.client sync DIR`.
+`~/.torchlight/spool` or TORCHLIGHT_SPOOL_DIR; a packed batch as base64) and
+later batches go there directly until a probe succeeds; the spool is
+replayed then, on the next start, or by `python -m tracker.client sync DIR`.
+
+Flush policy: the sender wakes every `flush_interval` seconds, or as soon as
+a full batch is waiting, and sends everything buffered.
 
 Memory bound: at most `max_buffer` points wait in memory (default 100,000,
-about 15 MB); beyond that the oldest `batch_size` points are moved to the
-spool by the caller of log_point (a disk append, never a network wait).
+about 12 MB); beyond that the oldest `batch_size` points are moved to the
+spool by the training thread (a disk append, never a network wait).
 """
 
+import base64
 import json
 import logging
 import math
@@ -23,6 +31,7 @@ import uuid
 from collections import deque
 from pathlib import Path
 
+from tracker.client import wire
 from tracker.client.transport import RequestFailed, ServerUnavailable
 
 try:
@@ -34,7 +43,9 @@ log = logging.getLogger("torchlight.client")
 
 DEFAULT_BATCH = 10_000
 DEFAULT_MAX_BUFFER = 100_000
+MAX_BATCH = 50_000  # the server's limit per request
 PROBE_EVERY = 5.0
+ROW = 5  # buffer items per point: key index, value, step, timestamp, epoch
 
 
 def default_spool_dir():
@@ -92,6 +103,8 @@ class Spool:
         return self._file
 
     def write(self, entry):
+        if isinstance(entry.get("packed"), bytes):
+            entry = {**entry, "packed": base64.b64encode(entry["packed"]).decode("ascii")}
         try:
             line = json.dumps(entry, allow_nan=False, separators=(",", ":")) + "\n"
         except ValueError:  # NaN/±Inf among raw points
@@ -202,15 +215,41 @@ def metrics_body(entry):
         return json.dumps(payload, allow_nan=False, separators=(",", ":")).encode()
 
 
+def send_metrics(transport, entry, retries=None, deadline=None):
+    """POST one metrics batch: packed when the entry is and the server takes it, else JSON.
+
+    A 415 answer to the packed body means a server older than the format:
+    the same batch (same idempotency key: nothing was stored) goes again as
+    JSON, and the transport remembers to send JSON from then on.
+    """
+    path = f"/api/v1/runs/{entry['run_id']}/metrics"
+    key = entry["idempotency_key"]
+    packed = entry.get("packed")
+    if isinstance(packed, str):  # from the spool
+        packed = base64.b64decode(packed)
+    if packed is not None and transport.packed_metrics:
+        try:
+            return transport.call("POST", path, body=packed, content_type=wire.CONTENT_TYPE,
+                                  headers={"Idempotency-Key": key}, retries=retries, deadline=deadline)  # fmt: skip
+        except RequestFailed as exc:
+            if exc.status != 415:
+                raise
+            transport.packed_metrics = False
+            log.info("torchlight: %s does not take packed metrics (an older server); sending JSON", transport.url)
+    if packed is not None:
+        entry = {"idempotency_key": key, "points": list(wire.decode_points(packed).points())}
+    return transport.call(
+        "POST", path, body=metrics_body(entry), content_type="application/json", retries=retries, deadline=deadline
+    )
+
+
 def send_entry(transport, entry, directory=None, retries=None, deadline=None):
     """Deliver one request (a spool entry). Treats 'already there' answers as delivered."""
     op = entry["op"]
     run = entry.get("run_id")
     kwargs = {"retries": retries, "deadline": deadline}
     if op == "metrics":
-        result = transport.call(
-            "POST", f"/api/v1/runs/{run}/metrics", body=metrics_body(entry), content_type="application/json", **kwargs
-        )
+        result = send_metrics(transport, entry, **kwargs)
         if result and result.get("errors"):
             log.warning("torchlight: %d points refused, first: %s", len(result["errors"]), result["errors"][0])
         return result
@@ -245,7 +284,13 @@ def _quote(path):
 
 
 class Sender(threading.Thread):
-    """Drains points and small requests to the server in the background; never raises into the caller."""
+    """Drains points and small requests to the server in the background; never raises into the caller.
+
+    The training thread appends points to `rows` (ROW items each, one
+    `list.extend` call: atomic under the GIL, so several logging threads
+    never interleave) and this thread removes whole points from the front;
+    neither ever replaces the list.
+    """
 
     def __init__(self, transport, run_id, spool, *, batch_size=DEFAULT_BATCH, max_buffer=DEFAULT_MAX_BUFFER,
                  flush_interval=1.0, replay_dir=None):
@@ -253,11 +298,18 @@ class Sender(threading.Thread):
         self.transport = transport
         self.run_id = run_id
         self.spool = spool
-        self.batch_size = batch_size
-        self.max_buffer = max(batch_size, max_buffer)
+        self.batch_size = min(MAX_BATCH, max(1, int(batch_size)))
+        self.max_buffer = max(self.batch_size, int(max_buffer))
         self.flush_interval = flush_interval
         self.replay_dir = replay_dir
-        self.points = deque()
+        self.rows = []
+        self.keys = []  # metric keys by index
+        self._key_index = {}
+        self._key_lock = threading.Lock()
+        self._take_lock = threading.Lock()  # the training thread (spill) and this one both take from the front
+        self._batch_rows = self.batch_size * ROW
+        self._full_rows = self.max_buffer * ROW
+        self.wake_at = self._batch_rows  # the training thread calls buffer_filled() at this many rows
         self.requests = deque()  # spool-entry dicts (params, tags, progress, ...) in order
         self.wake = threading.Event()
         self.idle = threading.Event()
@@ -270,28 +322,74 @@ class Sender(threading.Thread):
         self.refused = 0
         self.last_error = None
 
+    @property
+    def buffered(self):
+        """Points waiting in memory."""
+        return len(self.rows) // ROW
+
     # -- called from the training thread: cheap, never blocks on the network --
 
-    def log_point(self, point):
-        self.points.append(point)
-        if len(self.points) >= self.max_buffer:
+    def key_index(self, key):
+        """The index of metric key `key` in this run's key table (added on first use)."""
+        with self._key_lock:
+            index = self._key_index.get(key)
+            if index is None:
+                index = self._key_index[key] = len(self.keys)
+                self.keys.append(key)
+            return index
+
+    def log_point(self, key, value, step, timestamp, epoch=None):
+        """Append one point (the slow, general form of what Run.log_metric does inline)."""
+        self.rows.extend((self.key_index(key), value, step, timestamp, epoch))
+        if len(self.rows) >= self.wake_at:
+            self.buffer_filled()
+
+    def buffer_filled(self):
+        """A batch is waiting (wake the thread) or the memory bound is reached (spill the oldest batch to disk)."""
+        if len(self.rows) >= self._full_rows:
             self._spill()
+        else:
+            self.wake_at = self._full_rows  # one wake-up is enough until the thread has taken the batch
+            self.wake.set()
 
     def submit(self, entry):
         self.requests.append(entry)
         self.idle.clear()
         self.wake.set()
 
+    def _take(self):
+        """Remove and return the oldest batch (flat rows) from the buffer; appends may go on meanwhile."""
+        with self._take_lock:
+            rows = self.rows
+            n = min(len(rows), self._batch_rows)
+            batch = rows[:n]
+            del rows[:n]
+        return batch
+
     def _spill(self):
         """Buffer full: move the oldest batch to the spool (disk), keeping memory bounded."""
-        batch = []
-        try:
-            for _ in range(self.batch_size):
-                batch.append(self.points.popleft())
-        except IndexError:
-            pass
+        batch = self._take()
         if batch:
-            self._spool_points(batch)
+            entry = self._metrics_entry(batch)
+            self.spooled_points += len(batch) // ROW
+            self.spool.write(entry)
+
+    def _metrics_entry(self, batch):
+        """A metrics request for flat rows: packed (each column one struct.pack call)."""
+        key_index = batch[0::ROW]
+        entry = {
+            "op": "metrics", "run_id": self.run_id, "server": self.transport.url,
+            "idempotency_key": uuid.uuid4().hex, "count": len(key_index),
+        }  # fmt: skip
+        keys = self.keys[: max(key_index) + 1]
+        try:
+            entry["packed"] = wire.encode_columns(
+                keys, key_index, batch[1::ROW], batch[2::ROW], batch[3::ROW], batch[4::ROW]
+            )
+        except ValueError:  # a point the format cannot carry: JSON, where the server answers per point
+            columns = zip(key_index, batch[1::ROW], batch[2::ROW], batch[3::ROW], batch[4::ROW], strict=True)
+            entry["points"] = [[keys[k], v, s, t, e] for k, v, s, t, e in columns]
+        return entry
 
     # -- the thread --
 
@@ -306,7 +404,7 @@ class Sender(threading.Thread):
             except Exception as exc:  # never die: keep spooling
                 self.last_error = exc
                 log.warning("torchlight: sender error: %s", exc)
-            if not self.points and not self.requests:
+            if not self.rows and not self.requests:
                 self.idle.set()
                 if self.closing:
                     return
@@ -324,26 +422,24 @@ class Sender(threading.Thread):
         return 0 if self._server_down() else None
 
     def _drain(self):
+        # Points first: a finish request queued behind them must reach the server after them.
+        self._drain_points()
         while self.requests:
             entry = self.requests.popleft()
             self._deliver(entry)
-        while self.points:
-            batch = []
-            popleft = self.points.popleft
-            try:
-                for _ in range(self.batch_size):
-                    batch.append(popleft())
-            except IndexError:
-                pass
-            if batch:
-                entry = {
-                    "op": "metrics", "run_id": self.run_id, "server": self.transport.url,
-                    "idempotency_key": uuid.uuid4().hex, "points": batch,
-                }  # fmt: skip
-                if self._deliver(entry):
-                    self.sent_points += len(batch)
-                else:
-                    self.spooled_points += len(batch)
+        self._drain_points()
+
+    def _drain_points(self):
+        self.wake_at = self._batch_rows
+        while True:
+            batch = self._take()
+            if not batch:
+                return
+            entry = self._metrics_entry(batch)
+            if self._deliver(entry):
+                self.sent_points += entry["count"]
+            else:
+                self.spooled_points += entry["count"]
 
     def _deliver(self, entry):
         """Send one request; on failure spool it. True when the server took it."""
@@ -365,15 +461,6 @@ class Sender(threading.Thread):
             self.down_until = 0.0
             self._replay()
         return True
-
-    def _spool_points(self, batch):
-        self.spooled_points += len(batch)
-        self.spool.write(
-            {
-                "op": "metrics", "run_id": self.run_id, "server": self.transport.url,
-                "idempotency_key": uuid.uuid4().hex, "points": batch,
-            }  # fmt: skip
-        )
 
     def _replay(self):
         """The server answers again: deliver what this and earlier processes spooled."""
@@ -402,7 +489,7 @@ class Sender(threading.Thread):
         if self.is_alive():
             self.join(timeout + 1)
         # The thread is gone (or stuck): anything left is written to disk, never lost.
-        while self.points:
+        while self.rows:
             self._spill()
         while self.requests:
             self.spool.write(self.requests.popleft())

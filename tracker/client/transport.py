@@ -67,6 +67,7 @@ class Transport:
         self.max_retries = max_retries
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.packed_metrics = True  # cleared when the server answers 415 to a packed metrics batch
         self._local = threading.local()
 
     def _connection(self):
@@ -98,15 +99,16 @@ class Transport:
             self.close()
         return response.status, response, data
 
-    def call(self, method, path, payload=None, *, body=None, content_type=None, retries=None, sleep=time.sleep,
-             deadline=None):
+    def call(self, method, path, payload=None, *, body=None, content_type=None, headers=None, retries=None,
+             sleep=time.sleep, deadline=None):
         """Send one request; returns the decoded JSON answer (or raw bytes for non-JSON answers).
 
         `payload` is JSON-encoded; `body` (bytes or a binary file) is sent as
         is. Raises ServerUnavailable after the retries, RequestFailed on 4xx.
-        `deadline` (time.monotonic()) stops retrying early.
+        `headers` are added to the request's. `deadline` (time.monotonic())
+        stops retrying early.
         """
-        headers = {"Accept": "application/json", "User-Agent": "torchlight-client/1"}
+        headers = {"Accept": "application/json", "User-Agent": "torchlight-client/1", **(headers or {})}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         if payload is not None:
