@@ -81,6 +81,7 @@ def test_it_logs_a_whole_run_through_the_api(live_server, token, tmp_path):
         "outputs/a.txt", "outputs/sub/b.txt", "weights.bin",
     ]  # fmt: skip
     assert not list((tmp_path / "spool").glob("*.jsonl"))
+    assert run.transport.packed_metrics is True  # the server took the packed batches: no JSON fallback
 
 
 @pytest.mark.slow
