@@ -709,7 +709,10 @@ def chart_points(series, lo, hi, max_points):
         finite, nonfinite = ds.downsample_points(points, max_points, lo, hi)
         return finite, nonfinite, total, 0
     items = _read_bucket_aggs(series.pk, level, lo >> level, hi >> level)
-    aggs = ds.group_aggs(items, lo, hi, groups, width=1 << level)
+    if len(items) <= groups:
+        aggs = [agg for _first, agg in items]  # a bucket per interval already: ≤ 2 points each
+    else:
+        aggs = ds.group_aggs(items, lo, hi, groups, width=1 << level)
     finite, nonfinite = ds.points_of(aggs, lo, hi)
     return finite, nonfinite, total, level
 
@@ -753,16 +756,14 @@ def chart_data(series, *, x="step", start=None, end=None, max_points=2000, since
         return answer
     finite, nonfinite, total, level = chart_points(series, lo, hi, max_points)
     pick = {"step": 0, "time": 2, "epoch": 3}[x]
-    merged = sorted([(p, False) for p in finite] + [(p, True) for p in nonfinite], key=lambda item: item[0][0])
-    xs, ys, steps, nf = [], [], [], []
-    for point, is_nf in merged:
-        xs.append(point[pick])
-        steps.append(point[0])
-        if is_nf:
-            ys.append(None)
-            nf.append({"x": point[pick], "step": point[0], "value": ds.nonfinite_label(point[1])})
-        else:
-            ys.append(point[1])
+    if nonfinite:
+        merged = sorted(finite + [(s, None, t, e) for s, _v, t, e in nonfinite], key=lambda p: p[0])
+    else:
+        merged = finite  # already in step order
+    xs = [p[pick] for p in merged]
+    ys = [p[1] for p in merged]  # None marks a non-finite point (JSON has no NaN)
+    steps = [p[0] for p in merged]
+    nf = [{"x": p[pick], "step": p[0], "value": ds.nonfinite_label(p[1])} for p in nonfinite]
     answer.update(
         x=xs, y=ys, steps=steps, nonfinite=nf, total_points=total, returned_points=len(xs),
         downsampled=level is not None, level=level, range=[lo, hi],

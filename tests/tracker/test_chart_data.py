@@ -88,6 +88,20 @@ def test_it_hides_charts_from_non_members(login, outsider, run):
 
 
 @pytest.mark.django_db
+def test_it_shows_charts_to_readers_and_404s_unknown_runs(login, reader, run, make_run):
+    ingest_series(run, "loss", [1.0, 2.0])
+    client = login(reader)
+    body = client.get(f"/runs/{run.id}/metrics/loss.json").json()
+    assert body["y"] == [1.0, 2.0] and body["live"] is True
+    missing = client.get(f"/runs/{run.id}/metrics/nope.json").json()
+    assert missing["x"] == [] and missing["series_points"] == 0
+    ended = make_run(name="done", status="completed")
+    assert client.get(f"/runs/{ended.id}/metrics/loss.json").json()["live"] is False
+    assert client.get("/runs/00000000-0000-0000-0000-000000000000/metrics/loss.json").status_code == 404
+    assert client.get(f"/runs/{'-' * 36}/metrics/loss.json").status_code == 404
+
+
+@pytest.mark.django_db
 def test_it_streams_the_full_history_as_csv(login, owner, run):
     ingest_series(run, "val/loss", [0.5, "NaN", "Infinity", 0.25] * 3000)
     r = login(owner).get(f"/runs/{run.id}/metrics/val/loss.csv")
