@@ -341,8 +341,8 @@ def _millis_to_datetime(value):
         raise FilterError(f"{value!r} is not a time in unix milliseconds.")
 
 
-def condition_q(cond):
-    """A Q over Run for one condition."""
+def _key_match(cond):
+    """(model, Q over its rows) for a metrics., params. or tags. condition."""
     op = "=" if cond.op == "!=" else ("IN" if cond.op == "NOT IN" else cond.op)
     if cond.kind == "metrics":
         values = cond.value if isinstance(cond.value, tuple) else (cond.value,)
@@ -351,20 +351,30 @@ def condition_q(cond):
             inner = Q(last_value__isnull=True, count__gt=0) if op in ("=", "IN") else Q(pk__in=[])
         else:
             inner = _number_q("last_value", op, cond.value)
-        exists = Exists(MetricSeries.objects.filter(inner, run=OuterRef("pk"), key=cond.key))
         # "!=" means: has the metric and its value differs (MLflow semantics), not "lacks the metric".
+        # One series per (run, key), so "has a number that is not inner" says exactly that.
         if _negates(cond.op):
-            has = Exists(MetricSeries.objects.filter(run=OuterRef("pk"), key=cond.key, last_value__isnull=False))
-            return has & ~exists
-        return Q(exists)
-    if cond.kind in ("params", "tags"):
-        model = Param if cond.kind == "params" else RunTag
-        inner = _string_q("value", op, cond.value)
-        exists = Exists(model.objects.filter(inner, run=OuterRef("pk"), key=cond.key))
-        if _negates(cond.op):
-            has = Exists(model.objects.filter(run=OuterRef("pk"), key=cond.key))
-            return has & ~exists
-        return Q(exists)
+            inner = Q(last_value__isnull=False) & ~inner
+        return MetricSeries, inner
+    inner = _string_q("value", op, cond.value)
+    if _negates(cond.op):
+        inner = ~inner  # one row per (run, key) and values are never NULL: "has the key, another value"
+    return (Param if cond.kind == "params" else RunTag), inner
+
+
+def condition_q(cond, experiment=None):
+    """A Q over Run for one condition.
+
+    With `experiment`, a metric or param condition is `id IN (one range scan of the
+    experiment's series or params)`; without it (runs of several experiments), an
+    EXISTS lookup per run. Both select the same runs of that experiment.
+    """
+    op = "=" if cond.op == "!=" else ("IN" if cond.op == "NOT IN" else cond.op)
+    if cond.kind in ("metrics", "params", "tags"):
+        model, inner = _key_match(cond)
+        if experiment is not None and model is not RunTag:  # tags carry no experiment copy
+            return Q(pk__in=_key_rows(cond, experiment))
+        return Q(Exists(model.objects.filter(inner, run=OuterRef("pk"), key=cond.key)))
     # attributes
     if cond.key == "status":
         value = _status_values(cond.value) if op in ("=", "IN") else cond.value
@@ -382,8 +392,43 @@ def condition_q(cond):
     return ~q if _negates(cond.op) else q
 
 
-def apply_filter(runs, text):
-    """`runs` narrowed by the filter `text` (unchanged when blank); FilterError when `text` is invalid."""
-    for cond in parse(text):
-        runs = runs.filter(condition_q(cond))
+def _key_rows(cond, experiment):
+    """Run ids of `experiment` meeting a metrics. or params. condition: one index range of its rows."""
+    model, inner = _key_match(cond)
+    return model.objects.filter(inner, experiment=experiment, key=cond.key).values("run_id")
+
+
+def _keyed(cond):
+    return cond.kind in ("metrics", "params")
+
+
+def matching_run_ids(experiment, conditions):
+    """(ids of the runs of `experiment` meeting every metric and param condition, the other conditions).
+
+    The ids are one subquery: the first condition's index range of rows, each
+    row's run checked against the next condition's range, and so on (no run table,
+    no lookup per run). None when no condition is on a metric or a param.
+    """
+    keyed = [cond for cond in conditions if _keyed(cond)]
+    rest = [cond for cond in conditions if not _keyed(cond)]
+    ids = None
+    for cond in reversed(keyed):
+        rows = _key_rows(cond, experiment)
+        ids = rows if ids is None else rows.filter(run_id__in=ids)
+    return ids, rest
+
+
+def apply_filter(runs, text, experiment=None):
+    """`runs` narrowed by the filter `text` (unchanged when blank); FilterError when `text` is invalid.
+
+    Pass `experiment` when `runs` are all of that experiment: metric and param
+    conditions then read one index range each instead of one lookup per run.
+    """
+    conditions = parse(text)
+    if experiment is not None:
+        ids, conditions = matching_run_ids(experiment, conditions)
+        if ids is not None:
+            runs = runs.filter(pk__in=ids)
+    for cond in conditions:
+        runs = runs.filter(condition_q(cond, experiment))
     return runs

@@ -2,18 +2,21 @@
 
 Every chosen param and metric column is one correlated subquery annotation
 (`RunQuerySet.with_param/with_metric`), so a page costs the same few SQL
-queries whether the experiment has ten runs or ten thousand.
+queries whether the experiment has ten runs or ten thousand. Sorting by a
+metric and filtering on metrics or params read the experiment's copy on
+`MetricSeries`/`Param` (index range scans), never one lookup per run.
 """
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from django.core.cache import cache
 from django.core.paginator import Paginator
-from django.db.models import DurationField, Exists, ExpressionWrapper, F, Max, OuterRef
+from django.db.models import Case, DurationField, ExpressionWrapper, F, Max, When
 from django.db.models.functions import Coalesce, Now
 
 from tracker.models import MetricSeries, Param, Run, RunStatus
-from tracker.run_filter import apply_filter
+from tracker.run_filter import apply_filter, matching_run_ids, parse
 
 PAGE_SIZE = 50
 MAX_COLUMNS = 30  # per kind; a URL asking for more is cut, not refused
@@ -52,10 +55,8 @@ def experiment_keys(experiment):
 
 
 def _distinct_keys(experiment):
-    params = Param.objects.filter(run__experiment=experiment).order_by("key").values_list("key", flat=True).distinct()
-    metrics = (
-        MetricSeries.objects.filter(run__experiment=experiment).order_by("key").values_list("key", flat=True).distinct()
-    )
+    params = Param.objects.filter(experiment=experiment).order_by("key").values_list("key", flat=True).distinct()
+    metrics = MetricSeries.objects.filter(experiment=experiment).order_by("key").values_list("key", flat=True).distinct()
     return list(params)[:MAX_CHOOSER_KEYS], list(metrics)[:MAX_CHOOSER_KEYS]
 
 
@@ -67,6 +68,18 @@ def split_keys(text):
         if part and part not in seen:
             seen.append(part)
     return seen[:MAX_COLUMNS]
+
+
+class RunsPaginator(Paginator):
+    """Pages of 50 whose total is counted from `counted`, a cheaper query of the same runs."""
+
+    def __init__(self, object_list, counted):
+        super().__init__(object_list, PAGE_SIZE)
+        self.counted = counted
+
+    @cached_property
+    def count(self):
+        return self.counted.count()
 
 
 @dataclass
@@ -146,7 +159,20 @@ class RunsTable:
             runs = runs.filter(status=self.status)
         if self.search:
             runs = runs.filter(name__icontains=self.search)
-        return apply_filter(runs, self.filter_text)
+        return apply_filter(runs, self.filter_text, experiment=self.experiment)
+
+    def _matching_only(self):
+        """The run ids meeting the filter box, when its metric and param conditions are all that narrows the
+        runs (no status, name or other condition): one subquery over series and params, no run table."""
+        if self.status or self.search:
+            return None
+        matching, rest = matching_run_ids(self.experiment, parse(self.filter_text))
+        return None if rest else matching
+
+    def _counted(self, runs):
+        """What to COUNT for the page total: the filtered runs, or the same runs' ids read without the run table."""
+        matching = self._matching_only()
+        return runs if matching is None else matching
 
     def _annotate(self, runs, columns):
         for column in columns:
@@ -179,11 +205,11 @@ class RunsTable:
         sort column alone, then only those 50 rows get every column's subquery.
         """
         sort_column = next((c for c in self.columns if c.sort == self.sort_field), None)
-        if sort_column is not None and sort_column.kind == "metric" and not self.filter_text:
+        if sort_column is not None and sort_column.kind == "metric":
             page, ids = self._page_by_series(sort_column, number)
         else:
-            paginator = Paginator(self._sorted(self._filtered()).values_list("pk", flat=True), PAGE_SIZE)
-            page = paginator.get_page(number)
+            runs = self._filtered()
+            page = RunsPaginator(self._sorted(runs).values_list("pk", flat=True), self._counted(runs)).get_page(number)
             ids = list(page.object_list)
         columns = self.columns
         rows = {run.pk: run for run in self._annotate(Run.objects.filter(pk__in=ids), columns).select_related("created_by")}
@@ -193,34 +219,39 @@ class RunsTable:
         return page
 
     def _page_by_series(self, column, number):
-        """Page ids for a metric sort, read from MetricSeries joined to its runs.
+        """Page ids for a metric sort, read from the experiment's series of that key.
 
-        Order: numbers, then NaN (stored as NULL), then the runs lacking the
-        metric (newest first). Today this costs one (run_id, key) index lookup per
-        run, like a per-run subquery; the query is shaped so that an index on
-        MetricSeries(key, last_value) can let SQLite walk one key's series in
-        value order and stop after a page (see bench/README.md, "Pages").
+        Order: numbers, then runs whose value is NaN (stored as NULL), then runs
+        lacking the metric, both newest first. The numbers are a walk of the index
+        (experiment, key, last_value, run) in value order with LIMIT/OFFSET, ties
+        broken by run id; with a status, name or filter, each series' run must be
+        in the filtered set (one materialised list, never one lookup per run).
         """
         runs = self._filtered()
-        page = Paginator(runs.values_list("pk", flat=True), PAGE_SIZE).get_page(number)  # one COUNT; not evaluated
+        page = RunsPaginator(runs, self._counted(runs)).get_page(number)  # one COUNT; the runs are not read
         bottom = (page.number - 1) * PAGE_SIZE
-        value = F("last_value").desc(nulls_last=True) if self.descending else F("last_value").asc(nulls_last=True)
-        series = MetricSeries.objects.filter(key=column.key, run__experiment=self.experiment)
-        if self.status:
-            series = series.filter(run__status=self.status)
-        if self.search:
-            series = series.filter(run__name__icontains=self.search)
-        series = series.order_by(value, F("id").desc())
-        ids = list(series.values_list("run_id", flat=True)[bottom : bottom + PAGE_SIZE])
-        if len(ids) < PAGE_SIZE:
-            with_metric = bottom + len(ids) if ids else series.count()
-            lacking = (
-                runs.exclude(Exists(MetricSeries.objects.filter(run=OuterRef("pk"), key=column.key)))
-                .order_by("-created_at", "-id")
-                .values_list("pk", flat=True)
-            )
-            start = max(0, bottom - with_metric)
-            ids += list(lacking[start : start + PAGE_SIZE - len(ids)])
+        series = MetricSeries.objects.filter(experiment=self.experiment, key=column.key)
+        numbers = series.filter(last_value__isnull=False)
+        walk = numbers
+        matching = self._matching_only()
+        if matching is not None:
+            walk = walk.filter(run_id__in=matching)
+        elif self.status or self.search or self.filter_text:
+            walk = walk.filter(run__in=runs.order_by().values("pk"))
+        # No NULLS LAST: NULLs are excluded, and a plain direction lets PostgreSQL walk the index as well.
+        value, run = (F("last_value").desc(), F("run_id").desc()) if self.descending else ("last_value", "run_id")
+        ids = list(walk.order_by(value, run).values_list("run_id", flat=True)[bottom : bottom + PAGE_SIZE])
+        if len(ids) == PAGE_SIZE:
+            return page, ids
+        counted = bottom + len(ids) if ids or not bottom else walk.count()
+        start = bottom + len(ids) - counted  # rows of the rest (NaN, then lacking) before this page
+        rest = (
+            runs.exclude(pk__in=numbers.values("run_id"))
+            .annotate(nan_first=Case(When(pk__in=series.values("run_id"), then=0), default=1))
+            .order_by("nan_first", "-created_at", "-id")
+            .values_list("pk", flat=True)
+        )
+        ids += list(rest[start : start + PAGE_SIZE - len(ids)])
         return page, ids
 
     def sort_link(self, value):

@@ -53,8 +53,10 @@ def test_it_issues_the_same_number_of_queries_for_10_and_200_runs(login, owner, 
         assert warm[1] <= 12
     # A metric sort walks the metric's series, then (one more query, only when the page is not
     # full) the runs lacking the metric: at most one apart, never one query per row.
-    metric_sort = [count_queries(client, f"/experiments/{e.pk}/{columns}&sort=-metrics.loss") for e in (small, large)]
-    assert metric_sort[1] <= metric_sort[0] <= metric_sort[1] + 1 <= 13
+    for sort in ("&sort=-metrics.loss", "&sort=metrics.acc&status=completed&filter=params.lr+%21%3D+%27lr-1%27",
+                 "&sort=metrics.acc&filter=metrics.loss+%3E+0.5+and+params.lr+%21%3D+%27lr-1%27"):
+        metric_sort = [count_queries(client, f"/experiments/{e.pk}/{columns}{sort}") for e in (small, large)]
+        assert metric_sort[1] <= metric_sort[0] <= metric_sort[1] + 1 <= 13, sort
     run_few = count_queries(client, f"/runs/{small.runs.first().id}/")
     assert run_few <= 20
 
@@ -198,3 +200,36 @@ def test_it_pages_a_metric_sort_across_runs_with_and_without_the_metric(login, o
     # Status and name filters apply to the series walk too.
     names = row_names(client.get(f"/experiments/{experiment.pk}/?metrics=loss&sort=-metrics.loss&q=run-000"))
     assert sorted(names) == [f"run-000{i}" for i in range(10)]
+
+
+@pytest.mark.django_db
+def test_it_pages_a_filtered_metric_sort_like_the_unfiltered_one(login, owner, experiment, workspace, make_run):
+    from tracker.models import Experiment
+
+    runs = populate(experiment, owner, 130, metric_keys=("loss",), param_keys=("optimizer",))
+    for nan_run in (runs[3], runs[8], runs[13]):  # optimizer-3: NaN losses, listed newest first after the numbers
+        MetricSeries.objects.filter(run=nan_run, key="loss").update(last_value=None)
+    lacking = [make_run(name=f"zz-{i}", status=RunStatus.COMPLETED) for i in range(3)]
+    Param.objects.bulk_create([Param(run=r, key="optimizer", value="optimizer-3") for r in lacking])
+    Run.objects.filter(pk=runs[18].pk).update(status=RunStatus.FAILED)
+    # Another experiment's runs match the same filter and must never show up.
+    populate(Experiment.objects.create(workspace=workspace, name="other"), owner, 20, ("loss",), ("optimizer",))
+    client = login(owner)
+    url = f"/experiments/{experiment.pk}/?metrics=loss&filter=params.optimizer+%3D+%27optimizer-3%27&status=completed"
+    matching = [r for i, r in enumerate(runs) if i % 5 == 3 and i != 18]  # 25 runs, 3 of them NaN
+    finite = [r for r in matching if r not in (runs[3], runs[8], runs[13])]
+    values = {r.name: MetricSeries.objects.get(run=r, key="loss").last_value for r in finite}
+    for sort, reverse in (("-metrics.loss", True), ("metrics.loss", False)):
+        names = row_names(client.get(f"{url}&sort={sort}"))
+        assert names[:22] == sorted(values, key=values.get, reverse=reverse)
+        assert names[22:] == ["run-0013", "run-0008", "run-0003"] + [r.name for r in reversed(lacking)]
+    # Metric and param conditions only (no status): NaN fails "> -1", runs lacking the metric too.
+    text = "params.optimizer+%3D+%27optimizer-3%27+and+metrics.loss+%3E+-1"
+    names = row_names(client.get(f"/experiments/{experiment.pk}/?metrics=loss&filter={text}&sort=-metrics.loss"))
+    values[runs[18].name] = MetricSeries.objects.get(run=runs[18], key="loss").last_value
+    assert names == sorted(values, key=values.get, reverse=True)
+    # Pages of 50 across the numbers / NaN / lacking boundaries, with no filter: every run once.
+    seen = []
+    for page in (1, 2, 3):
+        seen += row_names(client.get(f"/experiments/{experiment.pk}/?metrics=loss&sort=metrics.loss&page={page}"))
+    assert len(seen) == len(set(seen)) == 133 and seen[127:130] == ["run-0013", "run-0008", "run-0003"]

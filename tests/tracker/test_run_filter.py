@@ -27,7 +27,12 @@ def runs(make_run, contributor):
 
 
 def names(text, experiment):
-    return sorted(apply_filter(Run.objects.for_experiment(experiment), text).values_list("name", flat=True))
+    """Names matching `text`, checked to be the same through both forms of the filter."""
+    runs = Run.objects.for_experiment(experiment)
+    per_run = sorted(apply_filter(runs, text).values_list("name", flat=True))  # EXISTS per run
+    ranged = sorted(apply_filter(runs, text, experiment=experiment).values_list("name", flat=True))  # IN (range)
+    assert per_run == ranged, text
+    return ranged
 
 
 @pytest.mark.django_db
@@ -97,3 +102,24 @@ def test_it_parses_dotted_and_quoted_keys_without_a_database():
     assert (cond.kind, cond.key, cond.value) == ("params", "batch size", "64")
     (cond,) = parse("tags.`it``s` = 'x'")
     assert cond.key == "it`s"
+
+
+@pytest.mark.django_db
+def test_it_keeps_negations_and_other_experiments_apart(runs, experiment, workspace, owner):
+    from tracker.models import Experiment
+
+    other = Experiment.objects.create(workspace=workspace, name="other", created_by=owner)
+    stranger = Run.objects.create(experiment=other, name="resnet-other", created_by=owner)
+    metric(stranger, "val_loss", 0.1)
+    Param.objects.create(run=stranger, key="optimizer", value="sgd")
+    # "!=" and NOT IN: has the key and differs; runs lacking the key or holding NaN are left out.
+    assert names("metrics.val_loss != 0.2", experiment) == ["resnet-b"]
+    assert names("metrics.val_loss NOT IN (0.2, 0.7)", experiment) == ["resnet-b"]
+    assert names("metrics.val_loss != NaN", experiment) == ["resnet-a", "resnet-b"]
+    assert names("params.optimizer != 'adam'", experiment) == ["resnet-b"]
+    assert names("params.optimizer NOT IN ('sgd')", experiment) == ["resnet-a"]
+    assert names("params.optimizer LIKE 'a%' and metrics.`val/acc` >= 0.9", experiment) == ["resnet-a"]
+    assert names("tags.team != 'nlp'", experiment) == ["resnet-a"]
+    # The other experiment's matching run never leaks in, and its own filter sees only it.
+    assert names("metrics.val_loss < 0.3", experiment) == ["resnet-a"]
+    assert names("metrics.val_loss < 0.3 and params.optimizer = 'sgd'", other) == ["resnet-other"]
