@@ -19,7 +19,8 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
+from django.utils import timezone
 
 from tracker import downsample as ds
 from tracker.models import BUCKET_LEVELS, IngestBatch, MetricSeries, Run
@@ -239,20 +240,45 @@ def ingest_packed(run, packed, idempotency_key=None):
 def _commit(run, groups, errors, idempotency_key):
     """Store the validated `groups` and record the idempotency key, in one transaction."""
     with transaction.atomic():
-        batch = None
+        batch_id = None
         if idempotency_key:
-            try:
-                with transaction.atomic():
-                    batch = IngestBatch.objects.create(run=run, key=str(idempotency_key)[:200])
-            except IntegrityError:
-                first = IngestBatch.objects.get(run=run, key=str(idempotency_key)[:200])
+            key = str(idempotency_key)[:200]
+            batch_id = _claim_batch(run, key)
+            if batch_id is None:  # a retry: answer with the first result (rare, so the ORM is fine)
+                first = IngestBatch.objects.get(run=run, key=key)
                 return IngestResult(stored=first.stored, errors=first.errors, duplicate=True)
         stored = _store(run, groups) if groups else 0
-        if batch is not None:
-            batch.stored = stored
-            batch.errors = errors
-            batch.save(update_fields=["stored", "errors"])
+        if batch_id is not None and (stored or errors):
+            errors_field = IngestBatch._meta.get_field("errors")
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "UPDATE tracker_ingestbatch SET stored = %s, errors = %s WHERE id = %s",
+                    [stored, errors_field.get_db_prep_save(errors, connection), batch_id],
+                )
     return IngestResult(stored=stored, errors=errors)
+
+
+def _claim_batch(run, key):
+    """Record idempotency key `key` for `run`: its row id, or None when the key was there already.
+
+    ON CONFLICT DO NOTHING instead of a savepoint and a caught IntegrityError: one
+    statement per batch. On PostgreSQL a concurrent claim of the same key waits for
+    the first transaction and then finds the row.
+    """
+    fields = IngestBatch._meta
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO tracker_ingestbatch (run_id, key, stored, errors, created_at) VALUES (%s, %s, 0, %s, %s) "
+            "ON CONFLICT (run_id, key) DO NOTHING RETURNING id",
+            [
+                fields.get_field("run").get_db_prep_save(run.pk, connection),
+                key,
+                fields.get_field("errors").get_db_prep_save([], connection),
+                fields.get_field("created_at").get_db_prep_save(timezone.now(), connection),
+            ],
+        )
+        row = cursor.fetchone()
+    return row[0] if row else None
 
 
 # --- write path ----------------------------------------------------------------
