@@ -13,10 +13,13 @@ later batches go there directly until a probe succeeds; the spool is
 replayed then, on the next start, or by `python -m tracker.client sync DIR`.
 
 Flush policy: the sender wakes every `flush_interval` seconds, or as soon as
-a full batch is waiting, and sends everything buffered.
+10,000 points wait, and sends everything buffered in requests of up to
+`batch_size` points (default 50,000, the server's limit: a loop logging
+faster than the requests go gets bigger requests, not more of them).
 
 Memory bound: at most `max_buffer` points wait in memory (default 100,000,
-about 12 MB); beyond that the oldest `batch_size` points are moved to the
+about 12 MB), plus what the thread is sending (one batch, or a tenth of
+`max_buffer` if that is more); beyond that the oldest batch is moved to the
 spool by the training thread (a disk append, never a network wait).
 """
 
@@ -41,9 +44,10 @@ except ImportError:  # Windows: no advisory locks; one writer per spool director
 
 log = logging.getLogger("torchlight.client")
 
-DEFAULT_BATCH = 10_000
+DEFAULT_BATCH = 50_000  # points per request at most: the server's limit; big requests keep up with tight loops
 DEFAULT_MAX_BUFFER = 100_000
 MAX_BATCH = 50_000  # the server's limit per request
+WAKE_POINTS = 10_000  # the thread wakes when this many points wait (or a batch, if smaller), else every interval
 PROBE_EVERY = 5.0
 ROW = 5  # buffer items per point: key index, value, step, timestamp, epoch
 
@@ -309,17 +313,22 @@ class Sender(threading.Thread):
         self._take_lock = threading.Lock()  # the training thread (spill) and this one both take from the front
         self._batch_rows = self.batch_size * ROW
         self._full_rows = self.max_buffer * ROW
-        self.wake_at = self._batch_rows  # the training thread calls buffer_filled() at this many rows
+        # The thread takes several batches at once from a big backlog: each take moves what stays in the list.
+        self._take_rows = max(self._batch_rows, self._full_rows // 10 // self._batch_rows * self._batch_rows)
+        self._wake_rows = min(self.batch_size, WAKE_POINTS) * ROW
+        self.wake_at = self._wake_rows  # the training thread calls buffer_filled() at this many rows
         self.requests = deque()  # spool-entry dicts (params, tags, progress, ...) in order
         self.wake = threading.Event()
         self.idle = threading.Event()
         self.idle.set()
         self.closing = False
+        self.flushing = False  # flush() waits: drain everything, not only full batches
         self.down_until = 0.0
         self.deadline = None
         self.sent_points = 0
         self.spooled_points = 0
         self.refused = 0
+        self.cpu_seconds = 0.0  # this thread's CPU time: packing, sending, spooling
         self.last_error = None
 
     @property
@@ -357,18 +366,18 @@ class Sender(threading.Thread):
         self.idle.clear()
         self.wake.set()
 
-    def _take(self):
-        """Remove and return the oldest batch (flat rows) from the buffer; appends may go on meanwhile."""
+    def _take(self, limit):
+        """Remove and return up to `limit` oldest rows (whole points) from the buffer; appends may go on meanwhile."""
         with self._take_lock:
             rows = self.rows
-            n = min(len(rows), self._batch_rows)
+            n = min(len(rows), limit)
             batch = rows[:n]
             del rows[:n]
         return batch
 
     def _spill(self):
         """Buffer full: move the oldest batch to the spool (disk), keeping memory bounded."""
-        batch = self._take()
+        batch = self._take(self._batch_rows)
         if batch:
             entry = self._metrics_entry(batch)
             self.spooled_points += len(batch) // ROW
@@ -399,12 +408,15 @@ class Sender(threading.Thread):
         while True:
             self.wake.wait(self.flush_interval)
             self.wake.clear()
+            started = time.thread_time()
             try:
                 self._drain()
             except Exception as exc:  # never die: keep spooling
                 self.last_error = exc
                 log.warning("torchlight: sender error: %s", exc)
+            self.cpu_seconds += time.thread_time() - started
             if not self.rows and not self.requests:
+                self.flushing = False
                 self.idle.set()
                 if self.closing:
                     return
@@ -430,16 +442,25 @@ class Sender(threading.Thread):
         self._drain_points()
 
     def _drain_points(self):
-        self.wake_at = self._batch_rows
-        while True:
-            batch = self._take()
-            if not batch:
+        """Send what is buffered; what arrives meanwhile waits for the next wake-up unless it is a batch's worth.
+
+        (Taking the remainder at once would send a stream of small requests,
+        each with its fixed cost, while the loop logs.) A flush or close takes
+        everything.
+        """
+        self.wake_at = self._wake_rows
+        first = True
+        while first or self.closing or self.flushing or len(self.rows) >= self._wake_rows:
+            first = False
+            taken = self._take(self._take_rows)
+            if not taken:
                 return
-            entry = self._metrics_entry(batch)
-            if self._deliver(entry):
-                self.sent_points += entry["count"]
-            else:
-                self.spooled_points += entry["count"]
+            for start in range(0, len(taken), self._batch_rows):
+                entry = self._metrics_entry(taken[start : start + self._batch_rows])
+                if self._deliver(entry):
+                    self.sent_points += entry["count"]
+                else:
+                    self.spooled_points += entry["count"]
 
     def _deliver(self, entry):
         """Send one request; on failure spool it. True when the server took it."""
@@ -476,6 +497,7 @@ class Sender(threading.Thread):
 
     def flush(self, timeout=30.0):
         """Wait until everything logged so far was sent (or spooled); True if done in time."""
+        self.flushing = True
         self.idle.clear()
         self.wake.set()
         return self.idle.wait(timeout)
