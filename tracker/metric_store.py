@@ -361,27 +361,52 @@ def _store(run, groups):
             _update_summary(cursor, row, batch.summary())
             bucket_params += batch.bucket_params(row[0])
             stored += len(batch)
-        _insert_rows(cursor, *_BUCKET_UPSERT, 3 + len(BUCKET_COLUMNS), bucket_params)
+        _upsert_buckets(cursor, bucket_params)
     finally:
         cursor.close()
     return stored
 
 
 def _insert_points(cursor, series_id, batch):
-    params = batch.point_params(series_id)
     if connection.vendor == "postgresql" and hasattr(cursor, "copy"):
-        # PostgreSQL: COPY streams the rows in one statement (psycopg 3), far faster than INSERTs.
-        with cursor.copy("COPY tracker_metricpoint (series_id, step, value, timestamp, epoch) FROM STDIN") as copy:
-            for row in zip(*[iter(params)] * 5, strict=True):
+        # PostgreSQL: COPY streams the rows in one statement (psycopg 3), far faster than INSERTs;
+        # a large batch goes as one binary COPY body built by numpy, not a Python call per row.
+        columns = "COPY tracker_metricpoint (series_id, step, value, timestamp, epoch) FROM STDIN"
+        body = batch.binary_copy(series_id)
+        if body is not None:
+            with cursor.copy(columns + " (FORMAT BINARY)") as copy:
+                copy.write(body)
+            return
+        with cursor.copy(columns) as copy:
+            for row in zip(*[iter(batch.point_params(series_id))] * 5, strict=True):
                 copy.write_row(row)
     else:
-        _insert_rows(cursor, *_POINT_INSERT, 5, params)
+        _insert_rows(cursor, *_POINT_INSERT, 5, batch.point_params(series_id))
+
+
+_BUCKET_TYPES = ("bigint", "smallint", "bigint", "bigint", "bigint") + (
+    "bigint", "double precision", "double precision", "double precision") * 3  # fmt: skip
+
+
+def _upsert_buckets(cursor, params):
+    width = 3 + len(BUCKET_COLUMNS)
+    if connection.vendor == "postgresql":
+        # One statement over 17 arrays: psycopg re-parses a long multi-row statement on every call
+        # and runs executemany row by row in Python, both far slower than sending arrays.
+        head, tail = _BUCKET_UPSERT
+        arrays = ", ".join(f"%s::{t}[]" for t in _BUCKET_TYPES)
+        cursor.execute(
+            f"{head.removesuffix(' VALUES')} SELECT * FROM unnest({arrays}) {tail}",
+            [params[i::width] for i in range(width)],
+        )
+    else:
+        _insert_rows(cursor, *_BUCKET_UPSERT, width, params)
 
 
 def _insert_rows(cursor, head, tail, width, params):
     """Run `head VALUES (…), (…) tail` over `params` (rows of `width` values, flattened), many rows a statement."""
-    per_statement = max(1, PARAMS_PER_STATEMENT // width) * width
     row = "(" + ", ".join(["%s"] * width) + ")"
+    per_statement = max(1, PARAMS_PER_STATEMENT // width) * width
     full = None
     for start in range(0, len(params), per_statement):
         chunk = params[start : start + per_statement]
@@ -447,6 +472,9 @@ class SmallBatch:
 
     def point_params(self, series_id):
         return [x for s, v, t, e in self.points for x in (series_id, s, (v if v == v else None), t, e)]
+
+    def binary_copy(self, series_id):
+        return None  # a few rows: COPY row by row costs less than building the body
 
     def summary(self):
         """(count, non-finite count, min, max, first timestamp, last point) of the batch."""
@@ -526,6 +554,26 @@ class ArrayBatch:
             ]
         )
 
+    def binary_copy(self, series_id):
+        """The rows as a PostgreSQL binary COPY body (NaN value / missing epoch as NULL), or None.
+
+        Rows with a NULL are shorter, so the body is built as runs of rows of one layout in batch
+        order (ids keep the batch order); None when the layouts alternate too often to be worth it.
+        """
+        import numpy as np
+
+        null_value, null_epoch = np.isnan(self.value), np.isnan(self.epoch)
+        layout = null_value.astype(np.int8) * 2 + null_epoch
+        starts = np.flatnonzero(np.r_[True, layout[1:] != layout[:-1]])
+        if len(starts) > 64:
+            return None
+        parts = [b"PGCOPY\n\xff\r\n\x00" + bytes(8)]  # signature, flags, header extension length
+        bounds = [*starts.tolist(), len(self)]
+        for start, end in zip(bounds, bounds[1:], strict=False):
+            parts.append(_copy_rows(series_id, self, start, end, bool(null_value[start]), bool(null_epoch[start])))
+        parts.append(b"\xff\xff")  # trailer
+        return b"".join(parts)
+
     def summary(self):
         import numpy as np
 
@@ -548,6 +596,30 @@ class ArrayBatch:
         for level, aggs in ds.aggregate_columns(self.step, self.value, self.timestamp, self.epoch, BUCKET_LEVELS):
             params += _interleave(ds.agg_columns(aggs, series_id, level))
         return params
+
+
+def _copy_rows(series_id, batch, start, end, null_value, null_epoch):
+    """Binary COPY tuples of rows [start, end), all with the same NULL columns."""
+    import numpy as np
+
+    fields = [("n", ">i2"), ("sid_len", ">i4"), ("sid", ">i8"), ("step_len", ">i4"), ("step", ">i8"),
+              ("value_len", ">i4")]  # fmt: skip
+    fields += [] if null_value else [("value", ">f8")]
+    fields += [("ts_len", ">i4"), ("ts", ">f8"), ("epoch_len", ">i4")]
+    fields += [] if null_epoch else [("epoch", ">f8")]
+    rows = np.empty(end - start, dtype=fields)
+    rows["n"] = 5
+    rows["sid_len"] = rows["step_len"] = rows["ts_len"] = 8
+    rows["sid"] = series_id
+    rows["step"] = batch.step[start:end]
+    rows["value_len"] = -1 if null_value else 8
+    if not null_value:
+        rows["value"] = batch.value[start:end]
+    rows["ts"] = batch.timestamp[start:end]
+    rows["epoch_len"] = -1 if null_epoch else 8
+    if not null_epoch:
+        rows["epoch"] = batch.epoch[start:end]
+    return rows.tobytes()
 
 
 def batch_of(points):

@@ -115,3 +115,21 @@ def test_it_folds_single_points_into_the_summaries(run):
     metric_store.ingest(run, [{"key": "loss", "value": "NaN", "step": 9}])
     series = MetricSeries.objects.get(run=run, key="loss")
     assert series.last_step == 9 and series.last_value is None and math.isnan(series.last)
+
+
+@pytest.mark.django_db
+def test_it_stores_runs_of_nan_values_and_missing_epochs_exactly(run):
+    # Blocks of one shape (PostgreSQL's binary COPY sends each block with its own row layout).
+    n = 1200
+    points = [
+        {"key": "v", "value": "NaN" if 400 <= i < 450 else i / 3, "step": i, "timestamp": 1000.0 + i,
+         "epoch": i / 100 if i < 600 else None}
+        for i in range(n)
+    ]  # fmt: skip
+    assert metric_store.ingest(run, points).stored == n
+    history = list(metric_store.read_history(run, "v"))
+    assert [p[0] for p in history] == list(range(n))
+    for i, (_step, value, ts, epoch) in enumerate(history):
+        assert (math.isnan(value) if 400 <= i < 450 else value == i / 3) and ts == 1000.0 + i
+        assert epoch == (i / 100 if i < 600 else None)
+    assert_summaries_match(run, "v")
