@@ -5,6 +5,7 @@ Every view fetches its object through tracker.access (404 for non-members,
 """
 
 import csv
+import html
 import io
 import itertools
 import json
@@ -17,6 +18,7 @@ from django.http import FileResponse, Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from tracker import services, storage
@@ -287,27 +289,35 @@ def experiment_detail(request, pk):
 
 
 def _table_rows(runs):
-    """Display values for the runs table, computed in Python (50 rows x N columns of template work is slow)."""
-    rows = []
-    for run in runs:
-        fraction = run.progress_fraction if run.is_live else None
-        rows.append({
-            "id": str(run.id),
-            "url": reverse("tracker:run-detail", args=[run.id]),
-            "name": run.display_name,
-            "status": run.status,
-            "status_label": run.get_status_display(),
-            "progress": None if fraction is None else f"{fraction * 100:.0f}",
-            "duration": format_duration(run.duration),
-            "user": run.created_by.username if run.created_by else "—",
-            "created": timezone.localtime(run.created_at).strftime("%Y-%m-%d %H:%M"),
-            "cells": [
-                ("metric", format_metric(value)) if column.kind == "metric"
-                else ("param", "—" if value is None else (value if len(value) <= 60 else value[:59] + "…"))
-                for column, value in run.column_values
-            ],
-        })
-    return rows
+    """The runs table's rows as HTML, built in Python: 50 rows x N columns cost ~30 ms a page as template
+    work and ~20 ms through format_html; every value goes through html.escape."""
+    return [_row_html(run) for run in runs]
+
+
+def _row_html(run):
+    e = html.escape  # the same five characters as django.utils.html.escape, without its lazy-string wrapper
+    fraction = run.progress_fraction if run.is_live else None
+    progress = ""
+    if fraction is not None:
+        percent = f"{fraction * 100:.0f}"
+        progress = f' <span class="progress inline-progress" title="{percent}%"><span style="width: {percent}%"></span></span>'
+    cells = "".join(
+        f'<td class="num">{e(format_metric(value))}</td>' if column.kind == "metric"
+        else f"<td>{e('—' if value is None else (value if len(value) <= 60 else value[:59] + '…'))}</td>"
+        for column, value in run.column_values
+    )
+    run_id = str(run.id)
+    name = e(run.display_name)
+    user = e(run.created_by.username) if run.created_by else "—"
+    created = timezone.localtime(run.created_at).strftime("%Y-%m-%d %H:%M")
+    # Safe: every interpolated value is escaped above, or a number or date format of our own.
+    return mark_safe(
+        f'<tr>\n        <td class="select"><input type="checkbox" name="run" value="{run_id}" aria-label="Select {name}"></td>\n'
+        f'        <td><a href="{e(reverse("tracker:run-detail", args=[run.id]))}">{name}</a></td>\n'
+        f'        <td><span class="status status-{e(run.status)}">{e(run.get_status_display())}</span>{progress}</td>\n'
+        f"        <td>{e(format_duration(run.duration))}</td>\n        <td>{user}</td>\n        <td>{created}</td>\n"
+        f"        {cells}\n      </tr>"
+    )
 
 
 @login_required

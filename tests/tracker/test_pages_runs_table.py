@@ -233,3 +233,16 @@ def test_it_pages_a_filtered_metric_sort_like_the_unfiltered_one(login, owner, e
     for page in (1, 2, 3):
         seen += row_names(client.get(f"/experiments/{experiment.pk}/?metrics=loss&sort=metrics.loss&page={page}"))
     assert len(seen) == len(set(seen)) == 133 and seen[127:130] == ["run-0013", "run-0008", "run-0003"]
+
+
+@pytest.mark.django_db
+def test_it_shows_live_progress_and_long_params_cut_in_the_rows(login, owner, experiment, make_run):
+    live = make_run(name="live", status=RunStatus.RUNNING)
+    live.set_progress(30, 120)
+    done = make_run(name="done", status=RunStatus.COMPLETED)
+    done.set_progress(120, 120)
+    Param.objects.create(run=live, key="note", value="x" * 80)
+    body = login(owner).get(f"/experiments/{experiment.pk}/?params=note").content.decode()
+    assert body.count("inline-progress") == 1
+    assert '<span class="progress inline-progress" title="25%"><span style="width: 25%"></span></span>' in body
+    assert f"<td>{'x' * 59}…</td>" in body and "<td>—</td>" in body
