@@ -772,12 +772,14 @@ def _read_bucket_aggs(series_id, level, first, last):
             [series_id, level, first, last],
         )
         rows = cursor.fetchall()
-    out = []
-    for row in rows:
-        agg = list(row[1:])
-        if agg[ds.NF_STEP] is not None and agg[ds.NF_VALUE] is None:
+    # Aggregates stay tuples (read only from here on); only a NULL non-finite value needs a list, to become NaN.
+    nf_step, nf_value = 1 + ds.NF_STEP, 1 + ds.NF_VALUE
+    out = [(row[0] << level, row[1:]) for row in rows]
+    for i, row in enumerate(rows):
+        if row[nf_step] is not None and row[nf_value] is None:
+            agg = list(row[1:])
             agg[ds.NF_VALUE] = math.nan
-        out.append((row[0] << level, agg))
+            out[i] = (row[0] << level, agg)
     return out
 
 
