@@ -39,7 +39,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tracker.client.sender import DEFAULT_BATCH, DEFAULT_MAX_BUFFER, Sender, Spool, replay
+from tracker.client.sender import DEFAULT_BATCH, DEFAULT_FLUSH_INTERVAL, DEFAULT_MAX_BUFFER, Sender, Spool, replay
 from tracker.client.transport import RequestFailed, ServerUnavailable, Transport
 
 __all__ = [
@@ -78,7 +78,7 @@ class Run:
     """
 
     def __init__(self, run_id, transport, *, enabled=True, in_job=False, spool_dir=None, batch_size=DEFAULT_BATCH,
-                 max_buffer=DEFAULT_MAX_BUFFER, flush_interval=1.0, info=None, replay_on_start=True):
+                 max_buffer=DEFAULT_MAX_BUFFER, flush_interval=DEFAULT_FLUSH_INTERVAL, info=None, replay_on_start=True):
         self.id = str(run_id)
         self.transport = transport
         self.enabled = enabled
@@ -310,7 +310,7 @@ def _transport(url, token):
 
 def start_run(experiment=None, name="", params=None, tags=None, *, workspace=None, url=None, token=None,
               log_all_ranks=False, spool_dir=None, batch_size=DEFAULT_BATCH, max_buffer=DEFAULT_MAX_BUFFER,
-              flush_interval=1.0):
+              flush_interval=DEFAULT_FLUSH_INTERVAL):
     """Create a run in `experiment` (a name: created if missing, or an id) and make it the active run.
 
     When the server is unreachable the run is still created locally with a

@@ -13,7 +13,7 @@ later batches go there directly until a probe succeeds; the spool is
 replayed then, on the next start, or by `python -m tracker.client sync DIR`.
 
 Flush policy: the sender wakes every `flush_interval` seconds, or as soon as
-10,000 points wait, and sends everything buffered in requests of up to
+20,000 points wait, and sends everything buffered in requests of up to
 `batch_size` points (default 50,000, the server's limit: a loop logging
 faster than the requests go gets bigger requests, not more of them).
 
@@ -46,8 +46,9 @@ log = logging.getLogger("torchlight.client")
 
 DEFAULT_BATCH = 50_000  # points per request at most: the server's limit; big requests keep up with tight loops
 DEFAULT_MAX_BUFFER = 100_000
+DEFAULT_FLUSH_INTERVAL = 2.0  # seconds: how stale the dashboard may be vs. a request's fixed cost
 MAX_BATCH = 50_000  # the server's limit per request
-WAKE_POINTS = 10_000  # the thread wakes when this many points wait (or a batch, if smaller), else every interval
+WAKE_POINTS = 20_000  # the thread wakes when this many points wait (or a batch, if smaller), else every interval
 PROBE_EVERY = 5.0
 ROW = 5  # buffer items per point: key index, value, step, timestamp, epoch
 
@@ -297,7 +298,7 @@ class Sender(threading.Thread):
     """
 
     def __init__(self, transport, run_id, spool, *, batch_size=DEFAULT_BATCH, max_buffer=DEFAULT_MAX_BUFFER,
-                 flush_interval=1.0, replay_dir=None):
+                 flush_interval=DEFAULT_FLUSH_INTERVAL, replay_dir=None):
         super().__init__(name="torchlight-sender", daemon=True)
         self.transport = transport
         self.run_id = run_id
