@@ -324,6 +324,13 @@ def _sql(query):
 def _raw_cursor():
     # The DB-API cursor itself: Django's wrapper adds nothing here but per-call overhead.
     connection.ensure_connection()
+    if connection.vendor == "postgresql":
+        import psycopg
+
+        # Server-side binding: parameters travel apart from the statement, so psycopg neither
+        # quotes every value into the SQL text nor re-parses long statements (Django's cursors
+        # bind client-side).
+        return psycopg.Cursor(connection.connection)
     return connection.connection.cursor()
 
 
@@ -377,9 +384,13 @@ def _insert_points(cursor, series_id, batch):
             with cursor.copy(columns + " (FORMAT BINARY)") as copy:
                 copy.write(body)
             return
-        with cursor.copy(columns) as copy:
-            for row in zip(*[iter(batch.point_params(series_id))] * 5, strict=True):
-                copy.write_row(row)
+        if len(batch) >= SMALL_BATCH:
+            with cursor.copy(columns) as copy:
+                for row in zip(*[iter(batch.point_params(series_id))] * 5, strict=True):
+                    copy.write_row(row)
+            return
+        # A few rows: one INSERT is a round trip fewer than COPY's start and end.
+        _insert_rows(cursor, *_POINT_INSERT, 5, batch.point_params(series_id))
     else:
         _insert_rows(cursor, *_POINT_INSERT, 5, batch.point_params(series_id))
 
