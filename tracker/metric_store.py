@@ -1,11 +1,13 @@
 """The metric store: batch ingest, history reads and chart reads of metric series.
 
-Write path (`ingest`): validate each point (bad ones become per-item errors,
-good ones are stored), bulk-insert the raw points with one `executemany` on a
-raw cursor, update each touched `MetricSeries` summary once per batch, and
-fold the batch into the multi-resolution `MetricBucket` summary (levels of
-2**k steps, `BUCKET_LEVELS`): aggregates are computed in Python from the batch
-and merged with the touched buckets only, never by rescanning the series.
+Write path (`ingest` for JSON points, `ingest_packed` for the packed wire
+format): validate each point (bad ones become per-item errors, good ones are
+stored), then per series in one transaction: one SELECT of the series row
+(locked), the raw points (multi-row INSERTs on SQLite, COPY on PostgreSQL),
+one UPDATE of the summary, and the batch's aggregates of every bucket level
+(`BUCKET_LEVELS`) merged into the stored buckets by SQL upserts, never by
+rescanning or reading back. Few points are folded in plain Python
+(`SmallBatch`: one point is four statements), many with numpy (`ArrayBatch`).
 An idempotency key is recorded in the same transaction: the same key again
 returns the first result and stores nothing.
 
