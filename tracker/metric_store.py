@@ -196,6 +196,11 @@ def ingest_packed(run, packed, idempotency_key=None):
     step = np.frombuffer(packed.step, dtype=np.int64)
     ts = np.frombuffer(packed.timestamp, dtype=np.float64)
     epoch = np.frombuffer(packed.epoch, dtype=np.float64)
+    if len(set(packed.keys)) < len(packed.keys):
+        # The same key listed twice in the key table: one series, so one index for both.
+        first = {}
+        canonical = np.array([first.setdefault(key, i) for i, key in enumerate(packed.keys)], dtype=np.uint32)
+        key_index = canonical[key_index]
     key_problems = [_key_problem(0, key) for key in packed.keys]
     checks = [
         (np.flatnonzero(step < -1), "invalid_step", "step must be between 0 and 2^63-1 (or -1: none), got {step}"),

@@ -163,3 +163,16 @@ def api_json(client):
         )  # fmt: skip
 
     return _post
+
+
+@pytest.mark.django_db
+def test_it_stores_a_key_listed_twice_in_the_key_table_as_one_series(post_packed, owner, run):
+    key = b"loss"
+    body = (
+        _header(2, 3) + struct.pack("<H", 4) + key + struct.pack("<H", 4) + key + struct.pack("<3I", 0, 1, 0)
+        + struct.pack("<3d", 1.0, 2.0, 3.0) + struct.pack("<3q", 0, 1, 2) + struct.pack("<3d", 1.0, 1.0, 1.0)
+        + struct.pack("<3d", math.nan, math.nan, math.nan)
+    )  # fmt: skip
+    assert post_packed(owner, run, body).json()["stored"] == 3
+    assert [(s, v) for s, v, _t, _e in metric_store.read_history(run, "loss")] == [(0, 1.0), (1, 2.0), (2, 3.0)]
+    assert MetricSeries.objects.get(run=run, key="loss").count == 3
