@@ -1,5 +1,6 @@
 """tracker.client against a real live server over real HTTP (no mocks of the client's HTTP)."""
 
+import base64
 import http.server
 import json
 import os
@@ -380,3 +381,23 @@ def test_it_keeps_points_of_concurrent_logging_threads_apart(live_server, token,
         assert history(run.id, f"t{i}/b") == [(s, -float(s)) for s in range(3000)]
     epochs = MetricPoint.objects.filter(series__run_id=run.id, series__key="t0").values_list("step", "epoch")
     assert all(epoch == -step for step, epoch in epochs)
+
+
+def test_it_spools_the_buffer_at_exit_even_when_a_take_was_interrupted(tmp_path):
+    # A SIGTERM handler that runs close() while this thread is inside a spill holds the buffer's lock:
+    # close must not wait for it forever, and loses nothing.
+    run = tl.Run("00000000-0000-4000-8000-000000000002", Transport(f"http://127.0.0.1:{free_port()}"),
+                 spool_dir=tmp_path, replay_on_start=False, batch_size=100, flush_interval=60)  # fmt: skip
+    run._sender.closing = True
+    run._sender.wake.set()
+    run._sender.join(5)  # the thread is gone: what is logged now stays in the buffer
+    for step in range(250):
+        run.log_metric("loss", float(step), step=step)
+    run._sender._take_lock.acquire()
+    started = time.monotonic()
+    run.close(timeout=0)
+    assert time.monotonic() - started < 10
+    entries = [json.loads(line) for f in tmp_path.glob("*.jsonl") for line in f.read_text().splitlines()]
+    packed = [wire.decode_points(base64.b64decode(e["packed"])) for e in entries]
+    assert sorted(step for p in packed for step in p.step) == list(range(250))
+    assert all(len(p) <= 100 for p in packed)  # still within the batch size (the server's limit)

@@ -348,12 +348,6 @@ class Sender(threading.Thread):
                 self.keys.append(key)
             return index
 
-    def log_point(self, key, value, step, timestamp, epoch=None):
-        """Append one point (the slow, general form of what Run.log_metric does inline)."""
-        self.rows.extend((self.key_index(key), value, step, timestamp, epoch))
-        if len(self.rows) >= self.wake_at:
-            self.buffer_filled()
-
     def buffer_filled(self):
         """A batch is waiting (wake the thread) or the memory bound is reached (spill the oldest batch to disk)."""
         if len(self.rows) >= self._full_rows:
@@ -367,13 +361,20 @@ class Sender(threading.Thread):
         self.idle.clear()
         self.wake.set()
 
-    def _take(self, limit):
-        """Remove and return up to `limit` oldest rows (whole points) from the buffer; appends may go on meanwhile."""
-        with self._take_lock:
+    def _take(self, limit, timeout=-1):
+        """Remove and return up to `limit` oldest rows (whole points) from the buffer; appends may go on meanwhile.
+
+        None when the lock was not had within `timeout` seconds.
+        """
+        if not self._take_lock.acquire(timeout=timeout):
+            return None
+        try:
             rows = self.rows
             n = min(len(rows), limit)
             batch = rows[:n]
             del rows[:n]
+        finally:
+            self._take_lock.release()
         return batch
 
     def _spill(self):
@@ -513,7 +514,18 @@ class Sender(threading.Thread):
             self.join(timeout + 1)
         # The thread is gone (or stuck): anything left is written to disk, never lost.
         while self.rows:
-            self._spill()
+            batch = self._take(self._batch_rows, timeout=1.0)
+            if batch is None:
+                # A SIGTERM handler (this close) interrupted this very thread inside _take's lock, during a
+                # spill: spool a copy of everything rather than wait forever (a replay may store a batch twice).
+                log.warning("torchlight: buffer busy at exit; spooling a copy of it")
+                copy = self.rows[: len(self.rows) // ROW * ROW]
+                for start in range(0, len(copy), self._batch_rows):
+                    self.spool.write(self._metrics_entry(copy[start : start + self._batch_rows]))
+                self.spooled_points += len(copy) // ROW
+                break
+            self.spooled_points += len(batch) // ROW
+            self.spool.write(self._metrics_entry(batch))
         while self.requests:
             self.spool.write(self.requests.popleft())
         self.spool.close()
