@@ -113,3 +113,15 @@ def test_it_refuses_more_points_than_the_caller_accepts_before_decoding():
 
 def test_it_names_its_content_type():
     assert wire.CONTENT_TYPE == "application/vnd.torchlight.points"
+
+
+def test_it_packs_columns_as_the_sender_holds_them():
+    body = wire.encode_columns(["a", "b"], [1, 0, 1], [1.0, 2.0, math.nan], [None, 4, 5], [9.0, 9.0, 9.5],
+                               [None, 2.0, None])  # fmt: skip
+    packed = decode_points(body)
+    assert packed.keys == ["a", "b"] and list(packed.step) == [-1, 4, 5]
+    points = list(packed.points())
+    assert points[0] == ("b", 1.0, None, 9.0, None) and points[1] == ("a", 2.0, 4, 9.0, 2.0)
+    assert math.isnan(points[2][1]) and points[2][4] is None
+    with pytest.raises(ValueError, match="equally long"):
+        wire.encode_columns(["a"], [0, 0], [1.0], [0, 1], [1.0, 1.0], [None, None])

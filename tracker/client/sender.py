@@ -438,10 +438,10 @@ class Sender(threading.Thread):
     def _drain(self):
         # Points first: a finish request queued behind them must reach the server after them.
         self._drain_points()
-        while self.requests:
-            entry = self.requests.popleft()
-            self._deliver(entry)
-        self._drain_points()
+        if self.requests:
+            while self.requests:
+                self._deliver(self.requests.popleft())
+            self._drain_points()
 
     def _drain_points(self):
         """Send what is buffered; what arrives meanwhile waits for the next wake-up unless it is a batch's worth.
