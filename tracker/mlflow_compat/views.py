@@ -97,23 +97,28 @@ def get_run(ctx, raw_id, write=False, full=True):
     return run
 
 
+def _raw_rows(sql, params):
+    """All rows of `sql` ({p} marks a parameter) on the raw DB-API cursor: no ORM compile, no wrapper per row."""
+    connection.ensure_connection()
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(sql.format(p="?" if connection.vendor == "sqlite" else "%s"), params)
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
 def _light_run_row(run_uuid):
     """(experiment_id, workspace_id, status, created_by_id) of a run, or None.
 
     Raw SQL: a log_metric request is a few milliseconds in all, and compiling the ORM query was one of them.
     """
-    p = "?" if connection.vendor == "sqlite" else "%s"
-    connection.ensure_connection()
-    cursor = connection.connection.cursor()
-    try:
-        cursor.execute(
-            f"SELECT r.experiment_id, e.workspace_id, r.status, r.created_by_id FROM tracker_run r "
-            f"JOIN tracker_experiment e ON e.id = r.experiment_id WHERE r.id = {p}",
-            [Run._meta.pk.get_db_prep_value(run_uuid, connection)],
-        )
-        return cursor.fetchone()
-    finally:
-        cursor.close()
+    rows = _raw_rows(
+        "SELECT r.experiment_id, e.workspace_id, r.status, r.created_by_id FROM tracker_run r "
+        "JOIN tracker_experiment e ON e.id = r.experiment_id WHERE r.id = {p}",
+        [Run._meta.pk.get_db_prep_value(run_uuid, connection)],
+    )
+    return rows[0] if rows else None
 
 
 def run_id_param(params):
@@ -742,20 +747,11 @@ def _history_page(series_id, start_step, limit):
 
     The raw DB-API cursor and the millisecond arithmetic in SQL keep the per-row Python work to fetching.
     """
-    vendor = connection.vendor
-    p = "?" if vendor == "sqlite" else "%s"
-    connection.ensure_connection()
-    cursor = connection.connection.cursor()
-    try:
-        cursor.execute(
-            f"SELECT value, timestamp * 1000 + 0.5, step FROM tracker_metricpoint "
-            f"WHERE series_id = {p} AND step >= {p} ORDER BY step, id LIMIT {int(limit)}",
-            [series_id, -1 if start_step is None else start_step],
-        )
-        rows = cursor.fetchall()
-    finally:
-        cursor.close()
-    return rows
+    return _raw_rows(
+        "SELECT value, timestamp * 1000 + 0.5, step FROM tracker_metricpoint "
+        f"WHERE series_id = {{p}} AND step >= {{p}} ORDER BY step, id LIMIT {int(limit)}",
+        [series_id, -1 if start_step is None else start_step],
+    )
 
 
 def _nonfinite(value):
